@@ -1,0 +1,1 @@
+"""Weight converters between torchvision and jaxresnet; the only package that imports torch."""
