@@ -1,0 +1,70 @@
+"""Side-by-side check of a conversion: torchvision and jaxresnet on the same images.
+
+For users with weights that cannot be fetched here (torchvision's ImageNet ones): one flag on
+the converter prints how far the two models' logits are apart and how often their top-1 agrees.
+"""
+
+import pathlib
+
+import jax.numpy as jnp
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torchvision.transforms import v2
+
+from jaxresnet import models, pretrained
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+# The paper's evaluation transform (ImageNet statistics), on a fixed square size.
+TRANSFORM = v2.Compose(
+  [
+    v2.Resize((224, 224)),
+    v2.ToImage(),
+    v2.ToDtype(torch.float32, scale=True),
+    v2.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+  ]
+)
+
+
+def sample_images(folder: pathlib.Path | None, count: int = 16) -> torch.Tensor:
+  """NCHW float32: up to `count` images from `folder` (recursively), else N(0, 1) noise."""
+  if folder is None:
+    return torch.randn(count, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+  files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
+  if not files:
+    raise FileNotFoundError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}.")
+  return torch.stack([TRANSFORM(Image.open(f).convert("RGB")) for f in files])
+
+
+def compare(
+  arch: str,
+  state_dict: dict[str, torch.Tensor],
+  variables: pretrained.Variables,
+  images: torch.Tensor,
+) -> tuple[float, float, float]:
+  """(max |logit diff|, max |torch logit|, top-1 agreement) of the two models in eval mode."""
+  num_classes = state_dict["fc.weight"].shape[0]
+  torch_model = torchvision.models.get_model(arch, num_classes=num_classes)
+  torch_model.load_state_dict(state_dict)
+  with torch.no_grad():
+    expected = torch_model.eval()(images).numpy()
+  model = models.create_model(arch, num_classes)
+  logits = np.asarray(model.apply(variables, jnp.asarray(images.permute(0, 2, 3, 1).numpy())))
+  agreement = float(np.mean(logits.argmax(-1) == expected.argmax(-1)))
+  return float(np.abs(logits - expected).max()), float(np.abs(expected).max()), agreement
+
+
+def report(
+  arch: str,
+  state_dict: dict[str, torch.Tensor],
+  variables: pretrained.Variables,
+  folder: pathlib.Path | None,
+) -> None:
+  images = sample_images(folder)
+  diff, scale, agreement = compare(arch, state_dict, variables, images)
+  source = folder or "N(0, 1) noise"
+  print(
+    f"verify: {len(images)} images from {source}: max |logit diff| {diff:.3g} "
+    f"(max |logit| {scale:.3g}), top-1 agreement {agreement:.1%}"
+  )

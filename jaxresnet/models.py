@@ -1,0 +1,216 @@
+"""Flax ResNets that compute exactly what torchvision's `resnet18/34/50` compute.
+
+Layer for layer as torchvision, in NHWC: explicit torch padding (Flax's 'SAME' would pad the
+stride-2 7x7 stem as (2, 3) instead of (3, 3)), a max pool padded with -inf, a projection
+shortcut only where the shape changes, and torch's BatchNorm (see `BatchNorm`). Submodules are
+named after torchvision's (`conv1`, `bn1`, `layer1`.., `0`, `downsample`, `fc`), so a
+torchvision state-dict key and a Flax variable path are the same words.
+"""
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+ModuleDef = Callable[..., nn.Module]
+
+# torchvision's inits, so training from scratch starts where torchvision would:
+# kaiming_normal_(mode="fan_out", nonlinearity="relu") for convolutions, and nn.Linear's
+# default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the head's kernel and bias.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+dense_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def dense_bias_init(fan_in: int) -> nn.initializers.Initializer:
+  """nn.Linear's bias init, which depends on the layer's fan-in."""
+  bound = 1.0 / math.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class BatchNorm(nn.Module):
+  """torch.nn.BatchNorm2d in Flax.
+
+  `nn.BatchNorm` normalises like torch but feeds the *biased* batch variance into the running
+  variance; torch feeds the unbiased one (times n / (n - 1)). The difference compounds over a
+  fine-tuning run, so this module follows torch. Statistics are computed in at least float32,
+  whatever the compute dtype, and the running averages follow torch's momentum 0.1
+  (`momentum=0.9` in Flax's convention of "weight of the old value").
+  """
+
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    features = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), self.param_dtype)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), self.param_dtype)
+
+    stats_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    x32 = x.astype(stats_dtype)
+    if train:
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(x32, axes)
+      var = jnp.mean(jnp.square(x32 - mean), axes)  # Biased: what torch normalises with.
+      if not self.is_initializing():
+        n = x.size // features
+        momentum = self.momentum
+        ra_mean.value = momentum * ra_mean.value + (1 - momentum) * mean
+        ra_var.value = momentum * ra_var.value + (1 - momentum) * var * (n / (n - 1))
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    y = (x32 - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    return y.astype(self.dtype)
+
+
+class Downsample(nn.Module):
+  """torchvision's projection shortcut: `downsample.0` (1x1 conv) and `downsample.1` (BN)."""
+
+  features: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    x = self.conv(self.features, (1, 1), self.strides, padding=0, name="0")(x)
+    return self.norm(name="1")(x, train)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convolutions (ResNet-18/34)."""
+
+  features: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  expansion: ClassVar[int] = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    y = self.conv(self.features, (3, 3), self.strides, padding=1, name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y, train))
+    y = self.conv(self.features, (3, 3), 1, padding=1, name="conv2")(y)
+    y = self.norm(name="bn2")(y, train)
+    return nn.relu(y + _shortcut(self, x, y, train))
+
+
+class Bottleneck(nn.Module):
+  """1x1, 3x3, 1x1 convolutions (ResNet-50), with the stride on the 3x3 as torchvision."""
+
+  features: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+  expansion: ClassVar[int] = 4
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    y = self.conv(self.features, (1, 1), 1, padding=0, name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y, train))
+    y = self.conv(self.features, (3, 3), self.strides, padding=1, name="conv2")(y)
+    y = nn.relu(self.norm(name="bn2")(y, train))
+    y = self.conv(self.features * self.expansion, (1, 1), 1, padding=0, name="conv3")(y)
+    y = self.norm(name="bn3")(y, train)
+    return nn.relu(y + _shortcut(self, x, y, train))
+
+
+def _shortcut(block: nn.Module, x: jax.Array, y: jax.Array, train: bool) -> jax.Array:
+  """The identity, or torchvision's projection where the block changes the shape."""
+  if x.shape == y.shape:
+    return x
+  return Downsample(y.shape[-1], block.strides, block.conv, block.norm, name="downsample")(x, train)
+
+
+class Stage(nn.Module):
+  """torchvision's `layerN`: blocks named "0", "1", ... like an nn.Sequential."""
+
+  block_cls: type[nn.Module]
+  num_blocks: int
+  features: int
+  strides: int
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    for i in range(self.num_blocks):
+      strides = self.strides if i == 0 else 1
+      x = self.block_cls(self.features, strides, self.conv, self.norm, name=str(i))(x, train)
+    self.sow("intermediates", "output", x)
+    return x
+
+
+class ResNet(nn.Module):
+  """torchvision's ResNet on NHWC images; returns logits.
+
+  `dtype` is the compute dtype (float32, bfloat16, or float64 under `jax_enable_x64`);
+  parameters and BatchNorm statistics stay in `param_dtype`. The stem's and each stage's output
+  are sown into the "intermediates" collection (`stem`, `layerN/output`), so parity tests can
+  compare every stage.
+  """
+
+  stage_sizes: Sequence[int]
+  block_cls: type[nn.Module]
+  num_classes: int = 1000
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    conv = functools.partial(
+      nn.Conv,
+      use_bias=False,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=conv_kernel_init,
+    )
+    norm = functools.partial(BatchNorm, dtype=self.dtype, param_dtype=self.param_dtype)
+
+    x = conv(64, (7, 7), 2, padding=3, name="conv1")(x.astype(self.dtype))
+    x = nn.relu(norm(name="bn1")(x, train))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # Pads with -inf.
+    self.sow("intermediates", "stem", x)
+    for i, num_blocks in enumerate(self.stage_sizes):
+      strides = 1 if i == 0 else 2
+      stage = Stage(
+        self.block_cls, num_blocks, 64 * 2**i, strides, conv, norm, name=f"layer{i + 1}"
+      )
+      x = stage(x, train)
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dense(
+      self.num_classes,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=dense_kernel_init,
+      bias_init=dense_bias_init(x.shape[-1]),
+      name="fc",
+    )(x)
+    return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # Loss math in >= float32.
+
+
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
+ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock)
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
+
+MODELS: dict[str, Callable[..., ResNet]] = {
+  "resnet18": ResNet18,
+  "resnet34": ResNet34,
+  "resnet50": ResNet50,
+}
+
+
+def create_model(arch: str, num_classes: int, dtype: Dtype = jnp.float32) -> ResNet:
+  """Builds a ResNet by torchvision's name, with a clear error for an unknown one."""
+  if arch not in MODELS:
+    raise ValueError(f"Unknown model {arch!r}: choose one of {sorted(MODELS)}.")
+  return MODELS[arch](num_classes=num_classes, dtype=dtype)

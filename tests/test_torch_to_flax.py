@@ -1,0 +1,219 @@
+"""Forward parity of converted weights against torchvision's own models, and converter errors.
+
+Tolerances: float64 proves the two compute the same function (differences are pure rounding at
+~1e-16 per operation, so <= 1e-10 relative). float32 bounds the rounding of two different
+convolution implementations summing ~10^4 products in different orders: ~1e-7 per op,
+accumulated over 20-50 layers, stays well under 1e-4 of the largest activation.
+"""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from convert import torch_to_flax
+from jaxresnet import models, network, pretrained
+from tests import torch_utils
+
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+
+
+@pytest.fixture(autouse=True)
+def _exact_matmuls():
+  """On a GPU, parity needs full-precision matmuls (no TF32) in both frameworks."""
+  torch.backends.cudnn.allow_tf32 = False
+  torch.backends.cuda.matmul.allow_tf32 = False
+  with jax.default_matmul_precision("highest"):
+    yield
+
+
+@pytest.fixture(scope="module")
+def inputs() -> torch.Tensor:
+  return torch_utils.parity_inputs(num_real=4, num_noise=4)
+
+
+def flax_outputs(arch, variables, images, dtype=jnp.float32, train=False):
+  model = models.create_model(arch, variables["params"]["fc"]["bias"].shape[0], dtype)
+  logits, state = model.apply(
+    variables, torch_utils.to_nhwc(images), train=train, mutable=["intermediates", "batch_stats"]
+  )
+  sown = state["intermediates"]
+  outputs = {k: sown[k]["output"][0] if k != "stem" else sown[k][0] for k in STAGES}
+  return {"logits": logits, **outputs}, state.get("batch_stats")
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50"])
+def test_eval_float32_matches_torchvision_per_stage(arch, inputs, tmp_path):
+  torch_model = torch_utils.randomized_torchvision(arch)
+  variables = torch_utils.convert_with_cli(torch_model, tmp_path, arch)
+  expected = torch_utils.stage_outputs(torch_model, inputs)
+  actual, _ = flax_outputs(arch, variables, inputs)
+  for key in ("logits", *STAGES):
+    diff = np.abs(np.asarray(actual[key]) - expected[key]).max()
+    assert diff <= 1e-4 * max(1.0, np.abs(expected[key]).max()), (arch, key, diff)
+
+
+def train_passes(arch, torch_model, variables, images, dtype):
+  """Three train-mode passes in both frameworks: last logits and the BN statistics."""
+  torch_model.train()
+  with torch.no_grad():
+    for _ in range(3):
+      expected = torch_model(images).numpy()
+  model = models.create_model(arch, 1000, dtype)
+  state = {"batch_stats": variables["batch_stats"]}
+  for _ in range(3):
+    logits, state = model.apply(
+      {"params": variables["params"], **state},
+      torch_utils.to_nhwc(images),
+      train=True,
+      mutable=["batch_stats"],
+    )
+  return logits, expected, state["batch_stats"], torch_model.state_dict()
+
+
+def assert_train_parity(arch, torch_model, variables, images, dtype, tolerance):
+  logits, expected, batch_stats, torch_sd = train_passes(
+    arch, torch_model, variables, images, dtype
+  )
+  assert torch_utils.relative_error(logits, expected) <= tolerance
+  from convert import layout
+
+  for path, value in layout.flatten({"batch_stats": batch_stats}):
+    torch_value = torch_sd[layout.torch_key(path)].numpy()
+    assert torch_utils.relative_error(value, torch_value) <= tolerance, path
+
+
+def test_train_float32_matches_torchvision(inputs, tmp_path):
+  torch_model = torch_utils.randomized_torchvision("resnet18")
+  variables = torch_utils.convert_with_cli(torch_model, tmp_path, "resnet18")
+  assert_train_parity("resnet18", torch_model, variables, inputs, jnp.float32, 1e-5)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_float64_is_exact(arch, inputs, tmp_path):
+  torch_model = torch_utils.randomized_torchvision(arch).double()
+  with jax.enable_x64(True):
+    variables = torch_utils.convert_with_cli(torch_model, tmp_path, arch)
+    assert variables["params"]["conv1"]["kernel"].dtype == np.float64
+    images = inputs.double()
+    expected = torch_utils.stage_outputs(torch_model, images)
+    actual, _ = flax_outputs(arch, variables, images, dtype=jnp.float64)
+    for key in ("logits", *STAGES):
+      assert torch_utils.relative_error(actual[key], expected[key]) <= 1e-10, key
+    assert_train_parity(arch, torch_model, variables, images, jnp.float64, 1e-10)
+
+
+def test_odd_input_size_keeps_torch_shapes(tmp_path):
+  """97x97: 'SAME' padding would give 49x49 after the stem conv, torch's pad 3 gives 49 too,
+  but the pool and later strides differ; every stage must match torch's shape and values."""
+  images = torch_utils.parity_inputs(num_real=2, num_noise=2, size=97)
+  torch_model = torch_utils.randomized_torchvision("resnet18")
+  variables = torch_utils.convert_with_cli(torch_model, tmp_path, "resnet18")
+  expected = torch_utils.stage_outputs(torch_model, images)
+  actual, _ = flax_outputs("resnet18", variables, images)
+  for key in ("logits", *STAGES):
+    assert actual[key].shape == expected[key].shape, key
+    diff = np.abs(np.asarray(actual[key]) - expected[key]).max()
+    assert diff <= 1e-4 * max(1.0, np.abs(expected[key]).max()), key
+
+
+def test_bfloat16_compute_stays_close(inputs, tmp_path):
+  """bf16 has an 8-bit mantissa (~4e-3 per rounding): 2e-2 relative leaves room for ~20
+  layers of it; the prototype measured ~5e-3."""
+  torch_model = torch_utils.randomized_torchvision("resnet18")
+  variables = torch_utils.convert_with_cli(torch_model, tmp_path, "resnet18")
+  f32, _ = flax_outputs("resnet18", variables, inputs)
+  bf16, _ = flax_outputs("resnet18", variables, inputs, dtype=jnp.bfloat16)
+  assert bf16["logits"].dtype == jnp.float32  # Logits come back in float32 for the loss.
+  assert torch_utils.relative_error(bf16["logits"], f32["logits"]) <= 2e-2
+  agreement = np.mean(np.argmax(bf16["logits"], -1) == np.argmax(f32["logits"], -1))
+  assert agreement >= 0.99
+
+
+def test_fresh_head_is_torch_linear_init(tmp_path):
+  torch_model = torch_utils.randomized_torchvision("resnet18")
+  variables = torch_utils.convert_with_cli(
+    torch_model, tmp_path, "resnet18", "--num-classes", "10", "--seed", "3"
+  )
+  torch.manual_seed(3)
+  head = torch.nn.Linear(512, 10)
+  np.testing.assert_array_equal(variables["params"]["fc"]["kernel"], head.weight.detach().numpy().T)
+  np.testing.assert_array_equal(variables["params"]["fc"]["bias"], head.bias.detach().numpy())
+  metadata = pretrained.load_metadata(tmp_path / "resnet18-flax")
+  assert metadata["fresh_head"] and metadata["num_classes"] == 10
+  assert metadata["num_batches_tracked"]["layer4.1.bn2.num_batches_tracked"] == 1019
+
+
+# --- Bad input: one clear error each. ---
+
+
+def test_state_dict_of_another_architecture_lists_the_keys():
+  state_dict = torch_utils.randomized_torchvision("resnet34").state_dict()
+  with pytest.raises(ValueError, match="pass --arch resnet34") as error:
+    torch_to_flax.convert_state_dict(state_dict, "resnet18")
+  # resnet34 has 8 more BasicBlocks than resnet18, each with 10 keys besides the counters.
+  assert "unexpected keys (80)" in str(error.value) and "layer1.2.conv1.weight" in str(error.value)
+
+
+def test_missing_and_misshapen_keys_in_one_error():
+  state_dict = torch_utils.randomized_torchvision("resnet18").state_dict()
+  del state_dict["layer2.0.bn1.running_var"]
+  state_dict["conv1.weight"] = torch.zeros(32, 3, 7, 7)
+  with pytest.raises(ValueError) as error:
+    torch_to_flax.convert_state_dict(state_dict, "resnet18")
+  message = str(error.value)
+  assert "missing keys (1): layer2.0.bn1.running_var" in message
+  assert "conv1.weight: (32, 3, 7, 7), expected (64, 3, 7, 7)" in message
+
+
+def test_num_batches_tracked_is_optional():
+  state_dict = torch_utils.randomized_torchvision("resnet18").state_dict()
+  state_dict = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+  variables = torch_to_flax.convert_state_dict(state_dict, "resnet18")
+  assert variables["params"]["fc"]["kernel"].shape == (512, 1000)
+
+
+def test_file_that_is_not_a_checkpoint(tmp_path):
+  path = tmp_path / "notes.pt"
+  path.write_bytes(np.random.default_rng(0).bytes(1000))
+  with pytest.raises(ValueError, match="not a PyTorch checkpoint torch.load can read"):
+    torch_to_flax.main(["--torch-checkpoint", str(path), "--output", str(tmp_path / "out")])
+  torch.save([torch.ones(2)], path)
+  with pytest.raises(ValueError, match="holds a list, not a state dict"):
+    torch_to_flax.main(["--torch-checkpoint", str(path), "--output", str(tmp_path / "out")])
+  assert not (tmp_path / "out").exists()
+
+
+def test_output_is_never_overwritten_silently(tmp_path):
+  (tmp_path / "out").mkdir()
+  (tmp_path / "out" / "keep.txt").write_text("mine")
+  torch.save(torch_utils.randomized_torchvision("resnet18").state_dict(), tmp_path / "m.pt")
+  argv = ["--torch-checkpoint", str(tmp_path / "m.pt"), "--output", str(tmp_path / "out")]
+  with pytest.raises(
+    SystemExit, match="already exists; choose a new directory or pass --overwrite"
+  ):
+    torch_to_flax.main(argv)
+  assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_weights_offline_fail_fast_with_the_fix(tmp_path, monkeypatch):
+  """No network (simulated: tests never touch it): a clear error within seconds."""
+  monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+  def unreachable(*args, **kwargs):
+    raise OSError("[Errno 101] Network is unreachable")
+
+  monkeypatch.setattr(network.socket, "create_connection", unreachable)
+  start = time.monotonic()
+  with pytest.raises(ConnectionError, match="--torch-checkpoint FILE") as error:
+    torch_to_flax.main(["--weights", "IMAGENET1K_V1", "--output", str(tmp_path / "out")])
+  assert time.monotonic() - start < 5
+  assert "resnet18-f37072fd.pth" in str(error.value)
+
+
+def test_load_variables_of_a_directory_that_is_no_conversion(tmp_path):
+  with pytest.raises(FileNotFoundError, match="holds no converted weights"):
+    pretrained.load_variables(tmp_path)
