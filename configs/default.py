@@ -32,12 +32,13 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Model.
   config.model = "resnet18"
-  config.num_classes = 10
+  config.num_classes = 0  # 0: the data set's number of classes; otherwise it must match.
   config.dtype = "float32"  # Compute dtype; "bfloat16" keeps float32 parameters and statistics.
   # Converted weights: a directory written by `python -m convert.torch_to_flax`, or a
   # torchvision weights name (e.g. "IMAGENET1K_V1") converted and cached on first use,
   # or "" to train from scratch.
   config.init_from = "IMAGENET1K_V1"
+  config.weights_cache_dir = "~/.cache/jaxresnet"  # Where torchvision weights are converted once.
 
   # Optimizer (set by the variants).
   config.optimizer = "sgd"

@@ -1,14 +1,20 @@
-"""Reading and writing converted weights: an Orbax checkpoint plus a metadata JSON.
+"""Converted weights: an Orbax checkpoint plus a metadata JSON, and getting them for training.
 
 Written by `python -m convert.torch_to_flax`, read by training. Kept free of torch so the
 training process (which holds TensorFlow) can load converted weights.
 """
 
 import json
+import os
 import pathlib
+import re
+import shutil
+import subprocess
+import sys
 from typing import Any
 
 import orbax.checkpoint as ocp
+from absl import logging
 
 VARIABLES_DIR = "variables"
 METADATA_FILE = "metadata.json"
@@ -51,3 +57,51 @@ def load_variables(directory: str | pathlib.Path) -> Variables:
       f"Could not read the converted weights in {directory / VARIABLES_DIR}: {e}. The "
       "directory is damaged; convert the weights again."
     ) from e
+
+
+def is_weights_name(init_from: str) -> bool:
+  """True for a torchvision weights name such as "IMAGENET1K_V1" (not a path)."""
+  return bool(re.fullmatch(r"[A-Z][A-Z0-9_]*", init_from))
+
+
+def resolve(init_from: str) -> pathlib.Path | None:
+  """Checks `config.init_from` without loading anything: a directory, a weights name or ""."""
+  if not init_from or is_weights_name(init_from):
+    return None
+  directory = pathlib.Path(init_from).expanduser()
+  if not (directory / METADATA_FILE).is_file():
+    raise FileNotFoundError(
+      f"config.init_from={init_from!r} is neither a directory written by "
+      "`python -m convert.torch_to_flax` nor a torchvision weights name (e.g. IMAGENET1K_V1). "
+      "Convert weights into it first, or pass --config.init_from='' to train from scratch."
+    )
+  return directory
+
+
+def convert_torchvision(
+  arch: str, weights: str, num_classes: int, seed: int, cache_dir: str
+) -> pathlib.Path:
+  """Converts torchvision's `weights` once into `cache_dir` and returns the directory.
+
+  The conversion runs in a subprocess: the training process holds TensorFlow, and importing
+  torchvision after TensorFlow crashes (their LLVMs clash).
+  """
+  directory = (
+    pathlib.Path(cache_dir).expanduser() / f"{arch}-{weights}-{num_classes}classes-seed{seed}"
+  )
+  if (directory / METADATA_FILE).is_file():
+    return directory
+  staging = directory.with_name(f"{directory.name}.tmp{os.getpid()}")
+  command = [
+    sys.executable, "-m", "convert.torch_to_flax", "--arch", arch, "--weights", weights,
+    "--num-classes", str(num_classes), "--seed", str(seed), "--output", str(staging), "--overwrite",
+  ]  # fmt: skip
+  logging.info("Converting torchvision's %s %s weights: %s", arch, weights, " ".join(command))
+  result = subprocess.run(command, capture_output=True, text=True, check=False)
+  if result.returncode:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise RuntimeError(
+      f"Could not convert torchvision's {arch} {weights} weights:\n{result.stderr.strip()[-3000:]}"
+    )
+  staging.rename(directory)
+  return directory

@@ -1,0 +1,84 @@
+"""The train state and the pure, jittable steps: one training update and one evaluation batch.
+
+Preprocessing (resize, flips, normalisation) happens here, on the device, so the host only ever
+ships uint8 images at their source size.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+
+from jaxresnet import metrics, preprocess
+
+Batch = dict[str, jax.Array]
+
+
+class TrainState(train_state.TrainState):
+  """Flax's TrainState plus BatchNorm's running statistics: one object in, out and on disk."""
+
+  batch_stats: Any
+
+
+def create_train_state(model: Any, variables: dict, tx: optax.GradientTransformation) -> TrainState:
+  """A step-0 state from model variables ({"params", "batch_stats"})."""
+  return TrainState.create(
+    apply_fn=model.apply, params=variables["params"], tx=tx, batch_stats=variables["batch_stats"]
+  )
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example cross-entropy, as torch.nn.CrossEntropyLoss(label_smoothing=...) computes it."""
+  targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def update(
+  state: TrainState, images: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimisation step on preprocessed images: forward, loss, backward, update, BN stats."""
+
+  def loss_fn(params):
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    logits, new_state = state.apply_fn(variables, images, train=True, mutable=["batch_stats"])
+    loss = jnp.mean(cross_entropy(logits, labels, label_smoothing))
+    return loss, (logits, new_state["batch_stats"])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  step_metrics = {
+    "loss": loss,
+    "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+    "grad_norm": optax.global_norm(grads),
+    "param_norm": optax.global_norm(new_state.params),
+  }
+  return new_state, step_metrics
+
+
+def train_step(
+  state: TrainState, batch: Batch, rng: jax.Array, config: ml_collections.ConfigDict
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """Preprocesses a uint8 batch with flips drawn from `rng` folded with the step, then updates."""
+  step_rng = jax.random.fold_in(rng, state.step)
+  images = preprocess.preprocess(batch["image"], config, rng=step_rng)
+  return update(state, images, batch["label"], config.label_smoothing)
+
+
+def eval_step(
+  state: TrainState, batch: Batch, config: ml_collections.ConfigDict
+) -> metrics.EvalMetrics:
+  """Metrics of one (possibly padded) eval batch; padded examples have mask False."""
+  images = preprocess.preprocess(batch["image"], config)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  logits = state.apply_fn(variables, images, train=False)
+  return metrics.EvalMetrics.single_from_model_output(
+    logits=logits,
+    labels=batch["label"],
+    loss=cross_entropy(logits, batch["label"]),
+    mask=batch["mask"],
+  )
