@@ -80,3 +80,36 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
 def abstract(state: Any, sharding: jax.sharding.Sharding) -> Any:
   """Shapes, dtypes and the target sharding of `state`, for restoring into it."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
+
+
+def load_trained(workdir: pathlib.Path, which: str = "latest") -> tuple[dict, dict, int]:
+  """({"params", "batch_stats"}, model info, step) of a training run, for inference or export.
+
+  Args:
+    workdir: a training workdir.
+    which: "latest", "best" (chosen on validation; needs config.val_split) or a step number.
+  """
+  workdir = pathlib.Path(workdir)
+  if not (workdir / LATEST_DIR).is_dir():
+    raise FileNotFoundError(
+      f"{workdir} is not a training workdir (no {LATEST_DIR}/ in it): pass the --workdir "
+      "given to `python -m jaxresnet.train`."
+    )
+  directory = workdir / (BEST_DIR if which == "best" else LATEST_DIR)
+  manager = ocp.CheckpointManager(directory.absolute(), item_names=("state", "model"))
+  if which in ("latest", "best"):
+    step = manager.best_step() if which == "best" else manager.latest_step()
+  elif which.isdigit() and int(which) in manager.all_steps():
+    step = int(which)
+  else:
+    raise ValueError(
+      f"No checkpoint {which!r} in {directory}: use latest, best or one of {manager.all_steps()}."
+    )
+  if step is None:
+    hint = " (best needs a run with config.val_split)" if which == "best" else ""
+    raise FileNotFoundError(f"{directory} holds no checkpoint{hint}.")
+  restored = manager.restore(
+    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), model=ocp.args.JsonRestore())
+  )
+  variables = {k: restored.state[k] for k in ("params", "batch_stats")}
+  return variables, restored.model, step

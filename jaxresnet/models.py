@@ -202,6 +202,7 @@ ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBl
 ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock)
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config.dtype -> compute dtype.
 MODELS: dict[str, Callable[..., ResNet]] = {
   "resnet18": ResNet18,
   "resnet34": ResNet34,
