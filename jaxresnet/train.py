@@ -21,6 +21,7 @@ from ml_collections import config_flags
 
 from jaxresnet import (
   checkpointing,
+  evaluate,
   input_pipeline,
   models,
   optimizers,
@@ -30,12 +31,10 @@ from jaxresnet import (
   steps,
 )
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Fails on a bad value before anything is read or written, naming the field and the fix."""
-  choices = {"model": models.MODELS, "dtype": DTYPES, "optimizer": optimizers.OPTIMIZERS,
+  choices = {"model": models.MODELS, "dtype": models.DTYPES, "optimizer": optimizers.OPTIMIZERS,
              "lr_schedule": optimizers.SCHEDULES}  # fmt: skip
   for field, allowed in choices.items():
     if config[field] not in allowed:
@@ -92,21 +91,6 @@ def create_state(
   return jax.device_put(steps.create_train_state(model, variables, tx), replicated)
 
 
-def evaluate(
-  eval_step: Callable,
-  state: steps.TrainState,
-  config: ml_collections.ConfigDict,
-  split: str,
-  mesh: jax.sharding.Mesh,
-) -> dict[str, Any]:
-  """Loss, accuracy and confusion matrix over every example of `split`, exactly once."""
-  totals = None
-  for batch in input_pipeline.eval_batches(config, split):
-    batch_metrics = eval_step(state, input_pipeline.to_global(batch, mesh))
-    totals = batch_metrics if totals is None else totals.merge(batch_metrics)
-  return jax.device_get(totals.compute())
-
-
 @dataclasses.dataclass(frozen=True)
 class Run:
   """What every end of epoch needs: where to write, what to evaluate on, the checkpointers."""
@@ -134,7 +118,7 @@ def end_epoch(
   confusion = None
   for name, split in splits.items():
     if split:
-      computed = evaluate(eval_step, state, config, split, run.mesh)
+      computed = evaluate.evaluate_split(eval_step, state, config, split, run.mesh)
       results[f"{name}_epoch_loss"] = float(computed["loss"])
       results[f"{name}_epoch_accuracy"] = float(computed["accuracy"])
       confusion = np.asarray(computed["confusion_matrix"]) if name == "test" else confusion
@@ -173,7 +157,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   num_steps = config.num_epochs * steps_per_epoch
 
   # Model and state: checkpoint, else converted weights, else scratch.
-  model = models.create_model(config.model, info.num_classes, DTYPES[config.dtype])
+  model = models.create_model(config.model, info.num_classes, models.DTYPES[config.dtype])
   tx = optimizers.create_optimizer(config, steps_per_epoch)
   model_info = {"model": config.model, "num_classes": info.num_classes,
                 "class_names": list(info.class_names)}  # fmt: skip
