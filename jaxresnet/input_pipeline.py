@@ -15,8 +15,6 @@ import dataclasses
 import functools
 import itertools
 import random
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -28,10 +26,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from jaxresnet import network
+
 _IMAGEFOLDER = "imagefolder:"
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # Those of tfds.folder_dataset.ImageFolder.
 _CIFAR10_HOST = ("www.cs.toronto.edu", 443)  # Where TFDS downloads CIFAR-10 from.
-_PROBE_TIMEOUT_S = 3.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,7 +282,7 @@ def _prepared_cifar10(data_dir: str) -> tfds.core.DatasetBuilder:
   """
   builder = tfds.builder("cifar10", data_dir=data_dir or None)
   if not builder.is_prepared():
-    if not _can_reach(*_CIFAR10_HOST):
+    if not network.can_reach(*_CIFAR10_HOST):
       root = builder.data_path.parent.parent
       raise FileNotFoundError(
         f"CIFAR-10 is not prepared in {builder.data_path} and cannot be downloaded: "
@@ -295,24 +294,6 @@ def _prepared_cifar10(data_dir: str) -> tfds.core.DatasetBuilder:
       )
     builder.download_and_prepare()
   return builder
-
-
-def _can_reach(host: str, port: int) -> bool:
-  """Whether a TCP connection opens within _PROBE_TIMEOUT_S, name lookup included."""
-  outcome = []
-
-  def connect() -> None:
-    try:
-      socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S).close()
-      outcome.append(True)
-    except OSError:
-      outcome.append(False)
-
-  # In a thread, because a stuck name lookup ignores the socket's timeout.
-  thread = threading.Thread(target=connect, daemon=True)
-  thread.start()
-  thread.join(_PROBE_TIMEOUT_S)
-  return outcome == [True]
 
 
 def _load_folder_split(root: str, split: str, image_size: int) -> _Split:

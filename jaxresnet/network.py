@@ -1,20 +1,39 @@
-"""A fast reachability check, so downloads fail in seconds instead of after minutes of retries."""
+"""A fast reachability check, so downloads fail in seconds instead of after minutes of retries.
+
+torch.hub and TFDS retry or hang for minutes without a network; one TCP connect with a timeout
+tells the same within seconds.
+"""
 
 import socket
+import threading
 import urllib.parse
 
+TIMEOUT_S = 3.0
 
-def check_reachable(url: str, what: str, fix: str, timeout: float = 5.0) -> None:
-  """Raises ConnectionError naming `what` failed and `fix` when `url`'s host is unreachable.
 
-  torch.hub and TFDS retry or hang for minutes without a network; one TCP connect with a
-  timeout tells the same within seconds.
-  """
+def can_reach(host: str, port: int, timeout: float = TIMEOUT_S) -> bool:
+  """Whether a TCP connection to host:port opens within `timeout`, name lookup included."""
+  outcome = []
+
+  def connect() -> None:
+    try:
+      socket.create_connection((host, port), timeout=timeout).close()
+      outcome.append(True)
+    except OSError:
+      outcome.append(False)
+
+  # In a thread, because a stuck name lookup ignores the socket's timeout.
+  thread = threading.Thread(target=connect, daemon=True)
+  thread.start()
+  thread.join(timeout)
+  return outcome == [True]
+
+
+def check_reachable(url: str, what: str, fix: str) -> None:
+  """Raises ConnectionError saying `what` cannot be downloaded and `fix`, if `url` is offline."""
   parsed = urllib.parse.urlparse(url)
   port = parsed.port or (443 if parsed.scheme == "https" else 80)
-  try:
-    socket.create_connection((parsed.hostname, port), timeout=timeout).close()
-  except OSError as e:
+  if not can_reach(parsed.hostname, port):
     raise ConnectionError(
-      f"Cannot download {what}: {parsed.hostname} is unreachable ({e}). {fix}"
-    ) from e
+      f"Cannot download {what}: {parsed.hostname} is unreachable (no network?). {fix}"
+    )

@@ -13,6 +13,7 @@ from PIL import Image
 
 from configs import default
 from jaxresnet import input_pipeline as ip
+from jaxresnet import network
 
 CIFAR10_CLASSES = (
   "airplane",
@@ -45,7 +46,7 @@ def mock_cifar10(monkeypatch, tmp_path):
   TFDS's mock skips downloading, so the connectivity probe is told the network is up. Each test
   gets its own data_dir, which keys the pipeline's cache of loaded splits.
   """
-  monkeypatch.setattr(ip, "_can_reach", lambda host, port: True)
+  monkeypatch.setattr(network, "can_reach", lambda host, port: True)
 
   def make(num_examples: int, **overrides) -> ml_collections.ConfigDict:
     config = _config(data_dir=str(tmp_path / f"tfds_{num_examples}"), **overrides)
@@ -95,7 +96,7 @@ def test_cifar10_through_tfds(mock_cifar10):
 
 
 def test_cifar10_offline_fails_fast_saying_what_to_do(monkeypatch, tmp_path):
-  monkeypatch.setattr(ip, "_can_reach", lambda host, port: False)
+  monkeypatch.setattr(network, "can_reach", lambda host, port: False)
   config = _config(data_dir=str(tmp_path))
   start = time.perf_counter()
   with pytest.raises(FileNotFoundError) as error:
@@ -109,9 +110,9 @@ def test_cifar10_offline_fails_fast_saying_what_to_do(monkeypatch, tmp_path):
 def test_connectivity_probe():
   with socket.create_server(("127.0.0.1", 0)) as server:
     port = server.getsockname()[1]
-    assert ip._can_reach("127.0.0.1", port)
+    assert network.can_reach("127.0.0.1", port)
   start = time.perf_counter()
-  assert not ip._can_reach("127.0.0.1", port)  # Closed now: refused.
+  assert not network.can_reach("127.0.0.1", port)  # Closed now: refused.
   assert time.perf_counter() - start < 5
 
 
