@@ -4,17 +4,20 @@ Parity is always measured against torchvision's own modules, with weights that e
 term: BatchNorm statistics far from the identity and a fresh-looking head.
 """
 
+import contextlib
 import io
 import pathlib
 import tarfile
+from collections.abc import Iterator, Mapping
 
+import jax
 import numpy as np
 import torch
 import torchvision
 from PIL import Image
 from torchvision.transforms import v2
 
-from convert import torch_to_flax
+from convert import layout, torch_to_flax
 from jaxresnet import pretrained
 
 TARBALL = pathlib.Path(__file__).resolve().parents[2] / "shared/datasets/cifar10-jpeg.tar.gz"
@@ -106,3 +109,28 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
   """||actual - expected|| / ||expected||, computed in float64."""
   actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
   return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
+
+
+@contextlib.contextmanager
+def exact_matmuls() -> Iterator[None]:
+  """Full-precision matmuls in both frameworks: on a GPU, TF32 would swamp any parity bound."""
+  saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+  torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+  try:
+    with jax.default_matmul_precision("highest"):
+      yield
+  finally:
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def relative_errors(variables: dict, tensors: Mapping[str, torch.Tensor]) -> dict[str, float]:
+  """Per torch key, `relative_error` of each Flax variable against torch's tensor.
+
+  `tensors` is keyed like a state dict (a state dict, or parameter gradients); layouts are
+  converted by `convert.layout`, the same table the converters use.
+  """
+  errors = {}
+  for path, value in layout.flatten(variables):
+    key = layout.torch_key(path)
+    errors[key] = relative_error(value, layout.to_flax(path, tensors[key].detach().numpy()))
+  return errors

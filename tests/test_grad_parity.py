@@ -1,0 +1,95 @@
+"""Gradient parity: d(mean cross-entropy)/d(every parameter) in train mode, against torch's .grad.
+
+ResNet-18 at the paper's 224x224, on 4 CIFAR-10 images and 4 of noise with random labels, 10
+classes and randomised BatchNorm. float64 proves the same derivative: <= 1e-10 relative per
+tensor, as the forward tests.
+
+float32 has no tight bound, in either framework. A pre-activation within rounding of zero
+(~1e-7 of its channel's scale; a 224x224 batch has millions) can land on the other side of a
+ReLU, which changes that element's gradient by O(1); train-mode BatchNorm's backward then
+spreads the error over the channel and every layer before it. Which element flips, and in which
+framework, is luck: one flip in JAX's layer3.1.bn1 costs every earlier tensor ~3e-3 here. Over
+5 seeds of weights and labels, the largest per-tensor error of torch's own float32 gradient was
+0.9e-3 to 5.2e-3, of JAX's 3e-3 to 1.3e-2, and a per-tensor ratio to torch's error (the issue's
+"<= 2x torch + 1e-7") failed on 4 of the 5, up to 6574x where torch had no flip. So float32 is
+held to a fixed 2e-2: it catches a float32-only pathology (a low-precision reduction, a lost
+term), while float64 is the proof of parity.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from jaxresnet import models, steps
+from tests import torch_utils
+
+ARCH, NUM_CLASSES = "resnet18", 10
+
+
+def torch_grads(
+  model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
+) -> dict[str, torch.Tensor]:
+  model.train()
+  model.zero_grad()
+  torch.nn.functional.cross_entropy(model(images), labels).backward()
+  # Copies: a later `model.double()` converts the gradients in place.
+  return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def flax_grads(variables: dict, images: np.ndarray, labels: np.ndarray, dtype) -> dict:
+  model = models.create_model(ARCH, NUM_CLASSES, dtype)
+
+  def loss_fn(params):
+    variables_in = {"params": params, "batch_stats": variables["batch_stats"]}
+    logits, _ = model.apply(variables_in, images, train=True, mutable=["batch_stats"])
+    return jnp.mean(steps.cross_entropy(logits, labels))
+
+  return jax.tree.map(np.asarray, jax.jit(jax.grad(loss_fn))(variables["params"]))
+
+
+@pytest.fixture(scope="module")
+def grads(tmp_path_factory) -> dict:
+  """Gradients of the same weights on the same batch: {"jax", "torch"} x {32, 64}."""
+  images = torch_utils.parity_inputs(num_real=4, num_noise=4)
+  labels = torch.randint(0, NUM_CLASSES, (8,), generator=torch.Generator().manual_seed(2))
+  torch_model = torch_utils.randomized_torchvision(ARCH, NUM_CLASSES)
+  variables = torch_utils.convert_with_cli(torch_model, tmp_path_factory.mktemp("grads"), ARCH)
+  with torch_utils.exact_matmuls():
+    result = {
+      "jax32": flax_grads(variables, torch_utils.to_nhwc(images), labels.numpy(), jnp.float32),
+      "torch32": torch_grads(torch_model, images, labels),
+    }
+    with jax.enable_x64(True):
+      variables = jax.tree.map(lambda x: np.asarray(x, np.float64), variables)  # Exact.
+      images = images.double()
+      result["jax64"] = flax_grads(
+        variables, torch_utils.to_nhwc(images), labels.numpy(), jnp.float64
+      )
+    result["torch64"] = torch_grads(torch_model.double(), images, labels)
+  return result
+
+
+def test_float64_gradients_equal_torch(grads):
+  errors = torch_utils.relative_errors({"params": grads["jax64"]}, grads["torch64"])
+  assert set(errors) == set(grads["torch64"])  # Every parameter, and no other.
+  worst = max(errors, key=errors.get)
+  print(f"\nfloat64 gradients: largest relative difference {errors[worst]:.2e} ({worst})")
+  assert errors[worst] <= 1e-10, worst
+
+
+def test_float32_gradients_near_float64(grads):
+  exact = grads["torch64"]
+  jax_errors = torch_utils.relative_errors({"params": grads["jax32"]}, exact)
+  torch_errors = {
+    k: torch_utils.relative_error(g.numpy(), exact[k].numpy()) for k, g in grads["torch32"].items()
+  }
+  ratios = {k: jax_errors[k] / torch_errors[k] for k in exact}
+  worst = max(jax_errors, key=jax_errors.get)
+  print(
+    f"\nfloat32 gradients vs torch float64: JAX up to {jax_errors[worst]:.2e} ({worst}), torch "
+    f"up to {max(torch_errors.values()):.2e}; JAX/torch per tensor: median "
+    f"{np.median(list(ratios.values())):.1f}, max {max(ratios.values()):.1f}"
+  )
+  assert jax_errors[worst] <= 2e-2, worst
