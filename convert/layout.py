@@ -33,10 +33,13 @@ def torch_key(path: Path) -> str:
 
 
 def to_flax(path: Path, array: np.ndarray) -> np.ndarray:
-  """torch layout -> Flax layout: conv OIHW -> HWIO, linear (out, in) -> (in, out)."""
+  """torch layout -> Flax layout: conv OIHW -> HWIO, linear (out, in) -> (in, out).
+
+  Always a copy: a view would change with the torch tensor it came from.
+  """
   if path[-1] == "kernel":
-    return np.transpose(array, (2, 3, 1, 0) if array.ndim == 4 else (1, 0))
-  return array
+    array = np.transpose(array, (2, 3, 1, 0) if array.ndim == 4 else (1, 0))
+  return np.array(array)
 
 
 def to_torch(path: Path, array: np.ndarray) -> np.ndarray:

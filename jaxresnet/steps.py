@@ -54,8 +54,8 @@ def update(
   step_metrics = {
     "loss": loss,
     "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
-    "grad_norm": optax.global_norm(grads),
-    "param_norm": optax.global_norm(new_state.params),
+    "grad_norm": optax.tree.norm(grads),
+    "param_norm": optax.tree.norm(new_state.params),
   }
   return new_state, step_metrics
 

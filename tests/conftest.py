@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-# The real data set, beside the repository (see ../shared/datasets/README.md).
-CIFAR10_JPEG_TARBALL = Path(__file__).resolve().parents[2] / "shared/datasets/cifar10-jpeg.tar.gz"
+from tests import torch_utils
+from tests.torch_utils import CIFAR10_JPEG_TARBALL
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +47,10 @@ def cifar_jpeg_root(tmp_path_factory):
 def cifar_jpeg_subset(cifar_jpeg_root) -> Path:
   """An image folder of real CIFAR-10 JPEGs: 10 classes x (30 train, 10 test)."""
   return cifar_jpeg_root(30, 10)
+
+
+@pytest.fixture
+def exact_matmuls():
+  """Full-precision matmuls in JAX and torch (no TF32 on a GPU), for parity tests."""
+  with torch_utils.exact_matmuls():
+    yield

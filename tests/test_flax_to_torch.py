@@ -18,11 +18,7 @@ from convert import flax_to_torch, layout
 from jaxresnet import models, optimizers, pretrained, steps
 from tests import torch_utils
 
-
-@pytest.fixture(autouse=True)
-def _exact_matmuls():
-  with torch_utils.exact_matmuls():
-    yield
+pytestmark = pytest.mark.usefixtures("exact_matmuls")
 
 
 def export_with_cli(conversion: pathlib.Path, *extra: str) -> dict[str, torch.Tensor]:

@@ -33,10 +33,7 @@ PAPER = {
 TOLERANCE = {"sgd": 1e-7, "adam": 1e-5}
 
 
-@pytest.fixture(autouse=True)
-def _exact_matmuls():
-  with torch_utils.exact_matmuls():
-    yield
+pytestmark = pytest.mark.usefixtures("exact_matmuls")
 
 
 def paper_config(name: str) -> ml_collections.ConfigDict:

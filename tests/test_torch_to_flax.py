@@ -21,13 +21,7 @@ from tests import torch_utils
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 
 
-@pytest.fixture(autouse=True)
-def _exact_matmuls():
-  """On a GPU, parity needs full-precision matmuls (no TF32) in both frameworks."""
-  torch.backends.cudnn.allow_tf32 = False
-  torch.backends.cuda.matmul.allow_tf32 = False
-  with jax.default_matmul_precision("highest"):
-    yield
+pytestmark = pytest.mark.usefixtures("exact_matmuls")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,10 @@ from torchvision.transforms import v2
 from convert import layout, torch_to_flax
 from jaxresnet import pretrained
 
-TARBALL = pathlib.Path(__file__).resolve().parents[2] / "shared/datasets/cifar10-jpeg.tar.gz"
+# The real data set, beside the repository (see ../shared/datasets/README.md).
+CIFAR10_JPEG_TARBALL = (
+  pathlib.Path(__file__).resolve().parents[2] / "shared/datasets/cifar10-jpeg.tar.gz"
+)
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # The paper's evaluation transform.
 PAPER_TRANSFORM = v2.Compose(
@@ -54,7 +57,7 @@ def randomized_torchvision(arch: str, num_classes: int = 1000, seed: int = 0) ->
 def real_images(count: int, split: str = "test") -> list[Image.Image]:
   """The first `count` CIFAR-10 JPEGs of `split`, cycling over the classes."""
   wanted = [f"cifar10-jpeg/{split}/{CLASSES[i % 10]}/{i // 10:04d}.jpg" for i in range(count)]
-  with tarfile.open(TARBALL) as tar:
+  with tarfile.open(CIFAR10_JPEG_TARBALL) as tar:
     members = {m.name: m for m in tar.getmembers() if m.name in set(wanted)}
     return [
       Image.open(io.BytesIO(tar.extractfile(members[n]).read())).convert("RGB") for n in wanted
