@@ -96,7 +96,8 @@ def load_trained(workdir: pathlib.Path, which: str = "latest") -> tuple[dict, di
       "given to `python -m jaxresnet.train`."
     )
   directory = workdir / (BEST_DIR if which == "best" else LATEST_DIR)
-  manager = ocp.CheckpointManager(directory.absolute(), item_names=("state", "model"))
+  handlers = {"state": ocp.StandardCheckpointHandler(), "model": ocp.JsonCheckpointHandler()}
+  manager = ocp.CheckpointManager(directory.absolute(), item_handlers=handlers)
   if which in ("latest", "best"):
     step = manager.best_step() if which == "best" else manager.latest_step()
   elif which.isdigit() and int(which) in manager.all_steps():
@@ -108,8 +109,13 @@ def load_trained(workdir: pathlib.Path, which: str = "latest") -> tuple[dict, di
   if step is None:
     hint = " (best needs a run with config.val_split)" if which == "best" else ""
     raise FileNotFoundError(f"{directory} holds no checkpoint{hint}.")
+  # Onto one local device, whatever devices and processes wrote it (Orbax refuses to restore
+  # onto another topology without a target): a multi-host run's checkpoint loads on a laptop.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = abstract(manager.item_metadata(step).state, device)
   restored = manager.restore(
-    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), model=ocp.args.JsonRestore())
+    step,
+    args=ocp.args.Composite(state=ocp.args.StandardRestore(target), model=ocp.args.JsonRestore()),
   )
   variables = {k: restored.state[k] for k in ("params", "batch_stats")}
   return variables, restored.model, step

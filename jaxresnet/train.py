@@ -21,6 +21,7 @@ from ml_collections import config_flags
 
 from jaxresnet import (
   checkpointing,
+  distributed,
   evaluate,
   input_pipeline,
   models,
@@ -213,6 +214,14 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
+# Multi-process runs (docs/multihost.md); unset values come from the cluster, as JAX detects it.
+flags.DEFINE_enum("distributed", "auto", distributed.MODES,
+                  "auto: multi-process when the flags below are given, JAX_COORDINATOR_ADDRESS is "
+                  "set, or under SLURM / Open MPI (> 1 task) or on a Cloud TPU VM; on: always "
+                  "(JAX detects the cluster); off: never.")  # fmt: skip
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, reachable by all.")
+flags.DEFINE_integer("num_processes", None, "How many processes take part in the run.")
+flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes - 1.")
 
 
 def main(argv: list[str]) -> None:
@@ -221,6 +230,9 @@ def main(argv: list[str]) -> None:
   # Orbax logs every checkpoint operation at INFO; keep its warnings, drop the chatter.
   logging.get_absl_handler().addFilter(
     lambda record: record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+  )
+  distributed.initialize(
+    FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
   )
   train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
