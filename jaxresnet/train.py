@@ -55,7 +55,8 @@ def initial_variables(
 ) -> pretrained.Variables:
   """Converted weights (converting torchvision's first if needed), else a scratch init."""
   if not config.init_from:
-    return model.init(rng, jnp.zeros((1, config.image_size, config.image_size, 3)), train=False)
+    images = jnp.zeros((1, config.image_size, config.image_size, 3))
+    return jax.jit(model.init, static_argnames="train")(rng, images, train=False)
   directory = pretrained.resolve(config.init_from) or pretrained.convert_torchvision(
     config.model, config.init_from, num_classes, config.seed, config.weights_cache_dir
   )
@@ -160,8 +161,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Model and state: checkpoint, else converted weights, else scratch.
   model = models.create_model(config.model, info.num_classes, models.DTYPES[config.dtype])
   tx = optimizers.create_optimizer(config, steps_per_epoch)
+  # What a workdir's checkpoints must match to be resumed (the optimizer fixes the state's tree).
   model_info = {"model": config.model, "num_classes": info.num_classes,
-                "class_names": list(info.class_names)}  # fmt: skip
+                "class_names": list(info.class_names), "optimizer": config.optimizer}  # fmt: skip
   managers = checkpointing.create_managers(workdir, config.keep_checkpoints)
   checkpointing.check_compatible(managers["latest"], model_info)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
