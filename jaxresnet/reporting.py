@@ -28,7 +28,8 @@ class JsonlWriter(metric_writers.MetricWriter):
   """A clu MetricWriter that appends one JSON object per write_scalars call."""
 
   def __init__(self, path: pathlib.Path):
-    self._file = open(path, "a")  # noqa: SIM115  (kept open for the whole run)
+    # Line-buffered: a killed run leaves whole records on disk, up to its last logged step.
+    self._file = open(path, "a", buffering=1)  # noqa: SIM115  (kept open for the whole run)
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
@@ -212,7 +213,10 @@ class TrainProgress:
     self._window = new if self._window is None else self._window.merge(new)
     self._epoch = new if self._epoch is None else self._epoch.merge(new)
     self._report(step)
-    if step % self._config.log_every_steps == 0 or step % self._steps_per_epoch == 0:
+    # Also before every mid-epoch checkpoint, so that a non-finite state is never saved.
+    every_checkpoint = self._config.checkpoint_every_steps
+    checkpoint = every_checkpoint and step % every_checkpoint == 0
+    if step % self._config.log_every_steps == 0 or step % self._steps_per_epoch == 0 or checkpoint:
       self._log(step)
 
   def end_epoch(self) -> dict[str, float]:

@@ -198,6 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       results = end_epoch(run, state, eval_step, train, step, step // steps_per_epoch)
       progress.resume_clock()  # Evaluation is not training time.
     elif config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+      writer.flush()  # The logs of a killed run then reach its last checkpoint.
       checkpointing.save(managers["latest"], state, model_info)
 
   # Final save and flush.
