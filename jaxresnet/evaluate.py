@@ -29,7 +29,7 @@ def evaluate_split(
   """Loss, accuracy and confusion matrix over every example of `split`, exactly once."""
   totals = None
   for batch in input_pipeline.eval_batches(config, split):
-    batch_metrics = eval_step(state, input_pipeline.to_global(batch, mesh))
+    batch_metrics = eval_step(state, parallel.to_global(batch, mesh))
     totals = batch_metrics if totals is None else totals.merge(batch_metrics)
   return jax.device_get(totals.compute())
 

@@ -112,12 +112,6 @@ def eval_batches(config: ml_collections.ConfigDict, split: str) -> Iterator[dict
   return _batches(data, indices, local.stop - local.start, config.prefetch_batches, masked=True)
 
 
-def to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-  """Assembles the processes' batches into global arrays sharded over the mesh's `data` axis."""
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
-
-
 def _process_slice(config: ml_collections.ConfigDict, field: str) -> slice:
   """This process's contiguous part of each global batch of config.<field> examples."""
   batch_size, processes = config[field], jax.process_count()

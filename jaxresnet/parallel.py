@@ -32,6 +32,15 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
+def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Assembles every process's slice of a batch into global arrays sharded on `data`.
+
+  The same call serves one process (the slice is the whole batch) or many.
+  """
+  sharding = batch_sharded(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
 def check_batch_size(batch_size: int, mesh: Mesh, field: str) -> None:
   """Each device must get the same number of examples."""
   if batch_size % mesh.size:

@@ -190,7 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   batches = input_pipeline.train_batches(config, info, start_step)
   results = {}
   for step in range(start_step + 1, num_steps + 1):
-    batch = input_pipeline.to_global(next(batches), mesh)
+    batch = parallel.to_global(next(batches), mesh)
     state, step_metrics = train_step(state, batch, train_rng)
     progress.update(step, step_metrics)
     if step % steps_per_epoch == 0:

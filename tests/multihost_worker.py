@@ -82,7 +82,7 @@ def run_float64(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   train_step = parallel.jit_train_step(config, mesh)
   batches = input_pipeline.train_batches(config, info)
   for _ in range(NUM_STEPS):
-    batch = input_pipeline.to_global(next(batches), mesh)
+    batch = parallel.to_global(next(batches), mesh)
     state, step_metrics = train_step(state, batch, train_rng)
   assert step_metrics["loss"].dtype == jnp.float64, step_metrics["loss"].dtype
 

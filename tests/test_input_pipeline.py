@@ -13,7 +13,7 @@ from PIL import Image
 
 from configs import default
 from jaxresnet import input_pipeline as ip
-from jaxresnet import network
+from jaxresnet import network, parallel
 
 CIFAR10_CLASSES = (
   "airplane",
@@ -296,7 +296,7 @@ def test_to_global_shards_over_the_data_axis():
   mesh = jax.make_mesh((jax.device_count(),), ("data",))
   size = jax.device_count() * 2
   batch = {"image": np.zeros((size, 4, 4, 3), np.uint8), "label": np.arange(size, dtype=np.int32)}
-  arrays = ip.to_global(batch, mesh)
+  arrays = parallel.to_global(batch, mesh)
   assert arrays["image"].shape == batch["image"].shape
   assert arrays["label"].sharding.spec == jax.sharding.PartitionSpec("data")
   np.testing.assert_array_equal(arrays["label"], batch["label"])
