@@ -150,7 +150,10 @@ def jax_runners(config, mesh) -> tuple[list[Runner], dict]:
   train_step = parallel.jit_train_step(config, mesh)
   lowered, lower_s = timed(lambda: train_step.lower(holder["state"], train_batch, rng))
   compiled, compile_s = timed(lowered.compile)
-  flops = lowered.cost_analysis()["flops"] / config.batch_size
+  # The lowered HLO's count where the backend gives one (CPU); else the compiled one's (GPU).
+  cost = lowered.cost_analysis() or compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  flops = cost["flops"] / config.batch_size
   memory = compiled.memory_analysis()
   step_bytes = (
     memory.argument_size_in_bytes
