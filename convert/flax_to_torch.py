@@ -1,8 +1,10 @@
 """jaxresnet variables -> a torchvision ResNet state dict, to take a fine-tuned model to PyTorch.
 
     python -m convert.flax_to_torch --input DIR --output model.pt [--steps N]
+    python -m convert.flax_to_torch --input WORKDIR [--checkpoint best] --output model.pt
 
-`DIR` is a converter output (`python -m convert.torch_to_flax`). The file loads with
+`DIR` is a converter output (`python -m convert.torch_to_flax`); `WORKDIR` a training workdir
+(`python -m jaxresnet.train`), whose checkpoint's step is the `--steps`. The file loads with
 `torchvision.models.resnet18(num_classes=N).load_state_dict(torch.load(FILE), strict=True)`;
 the export is checked to load so before it is written. Flax has no `num_batches_tracked`: the
 counters come back from the converter's metadata, advanced by `--steps`, the number of training
@@ -10,6 +12,7 @@ steps (train-mode forward passes) since the conversion.
 """
 
 import argparse
+import json
 import pathlib
 import sys
 from collections.abc import Mapping, Sequence
@@ -19,7 +22,7 @@ import torch
 import torchvision
 
 from convert import layout
-from jaxresnet import models, pretrained
+from jaxresnet import checkpointing, models, pretrained
 
 
 def export_state_dict(
@@ -76,7 +79,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     description=__doc__,
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
-  parser.add_argument("--input", type=pathlib.Path, required=True, help="a converter output")
+  parser.add_argument(
+    "--input", type=pathlib.Path, required=True, help="a converter output or a training workdir"
+  )
+  parser.add_argument(
+    "--checkpoint", default="latest", help="of a workdir: latest, best (on validation) or a step"
+  )
   parser.add_argument("--output", type=pathlib.Path, required=True, help="the .pt file to write")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
   parser.add_argument(
@@ -88,21 +96,47 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   return args
 
 
+def load_workdir(workdir: pathlib.Path, which: str) -> tuple[dict, dict, int]:
+  """A training checkpoint's variables, converter-style metadata, and its step.
+
+  The BatchNorm counters start from those of the converted weights the run started from, when
+  they are still on disk (a scratch run starts them at 0), and advance by the step.
+  """
+  variables, info, step = checkpointing.load_trained(workdir, which)
+  config = json.loads((workdir / "config.json").read_text())
+  init_from = config.get("init_from", "")
+  if pretrained.is_weights_name(init_from):
+    source = pretrained.cache_directory(
+      info["model"], init_from, info["num_classes"], config["seed"], config["weights_cache_dir"]
+    )
+  else:
+    source = pathlib.Path(init_from).expanduser() if init_from else None
+  counters = {}
+  if source is not None and (source / pretrained.METADATA_FILE).is_file():
+    counters = pretrained.load_metadata(source).get("num_batches_tracked", {})
+  metadata = {"arch": info["model"], "num_classes": info["num_classes"],
+              "num_batches_tracked": counters}  # fmt: skip
+  return variables, metadata, step
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   if args.output.exists() and not args.overwrite:
     raise SystemExit(
       f"error: --output {args.output} already exists; choose a new file or pass --overwrite."
     )
-  metadata = pretrained.load_metadata(args.input)
-  variables = pretrained.load_variables(args.input)
+  if (args.input / checkpointing.LATEST_DIR).is_dir():
+    variables, metadata, steps = load_workdir(args.input, args.checkpoint)
+  else:
+    metadata, steps = pretrained.load_metadata(args.input), args.steps
+    variables = pretrained.load_variables(args.input)
   arch, num_classes = metadata.get("arch"), metadata.get("num_classes")
   if arch not in models.MODELS or not isinstance(num_classes, int):
     raise ValueError(
       f"{args.input / pretrained.METADATA_FILE} names no model (arch={arch!r}, "
       f"num_classes={num_classes!r}); convert the weights again."
     )
-  state_dict = export_state_dict(variables, metadata.get("num_batches_tracked"), args.steps)
+  state_dict = export_state_dict(variables, metadata.get("num_batches_tracked"), steps)
   state_dict = torchvision_state_dict(state_dict, arch, num_classes)
   args.output.parent.mkdir(parents=True, exist_ok=True)
   torch.save(state_dict, args.output)

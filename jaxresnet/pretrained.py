@@ -78,6 +78,13 @@ def resolve(init_from: str) -> pathlib.Path | None:
   return directory
 
 
+def cache_directory(
+  arch: str, weights: str, num_classes: int, seed: int, cache_dir: str
+) -> pathlib.Path:
+  """Where `convert_torchvision` keeps one conversion."""
+  return pathlib.Path(cache_dir).expanduser() / f"{arch}-{weights}-{num_classes}classes-seed{seed}"
+
+
 def convert_torchvision(
   arch: str, weights: str, num_classes: int, seed: int, cache_dir: str
 ) -> pathlib.Path:
@@ -86,9 +93,7 @@ def convert_torchvision(
   The conversion runs in a subprocess: the training process holds TensorFlow, and importing
   torchvision after TensorFlow crashes (their LLVMs clash).
   """
-  directory = (
-    pathlib.Path(cache_dir).expanduser() / f"{arch}-{weights}-{num_classes}classes-seed{seed}"
-  )
+  directory = cache_directory(arch, weights, num_classes, seed, cache_dir)
   if (directory / METADATA_FILE).is_file():
     return directory
   staging = directory.with_name(f"{directory.name}.tmp{os.getpid()}")

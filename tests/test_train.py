@@ -31,8 +31,19 @@ import torchvision
 from PIL import Image
 
 from configs import quick, sgd
-from convert import torch_to_flax
-from jaxresnet import input_pipeline, models, optimizers, parallel, preprocess, steps, train
+from convert import flax_to_torch, torch_to_flax
+from jaxresnet import (
+  evaluate,
+  input_pipeline,
+  models,
+  optimizers,
+  parallel,
+  predict,
+  preprocess,
+  reporting,
+  steps,
+  train,
+)
 from tests import torch_utils
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -436,3 +447,33 @@ def test_divergence_stops_with_step_range_and_keeps_good_checkpoints(
   last_good = {k: v for k, v in checkpoints.items() if k.startswith(f"{TINY_STEPS}/")}
   assert last_good and all(after.get(k) == v for k, v in last_good.items())
   assert all(after[k] == v for k, v in checkpoints.items() if k in after)
+
+
+# Companion CLIs on a finished run.
+
+
+def test_evaluate_predict_and_export_agree_with_training(finished_tiny_run, cifar_root, tmp_path):
+  """evaluate reproduces the last epoch's test accuracy; the model exported to torchvision
+  predicts what `predict` predicts, on real test images."""
+  result = evaluate.evaluate_checkpoint(finished_tiny_run, "latest", None)
+  last = reporting.last_epoch_results(finished_tiny_run)
+  assert result["step"] == TINY_STEPS
+  assert float(result["accuracy"]) == pytest.approx(last["test_epoch_accuracy"], abs=1e-6)
+  config = evaluate.load_config(finished_tiny_run)
+  num_eval = input_pipeline.get_info(config).num_eval
+  assert int(np.asarray(result["confusion_matrix"]).sum()) == num_eval  # Each image once.
+
+  images = sorted((cifar_root / "test").glob("*/000[0-2].jpg"))
+  predictions = predict.predict(finished_tiny_run, images)
+  exported = tmp_path / "model.pt"
+  flax_to_torch.main(["--input", str(finished_tiny_run), "--output", str(exported)])
+  torch_model = torchvision.models.resnet18(num_classes=10)
+  torch_model.load_state_dict(torch.load(exported, weights_only=True))
+  counters = [v for k, v in torch_model.state_dict().items() if k.endswith("num_batches_tracked")]
+  assert all(int(c) == TINY_STEPS for c in counters)  # A scratch run: 0 + one per step.
+  pixels = np.stack([predict.load_image(p, config.source_image_size) for p in images])
+  inputs = np.asarray(preprocess.preprocess(jax.numpy.asarray(pixels), config))
+  with torch.no_grad():
+    logits = torch_model.eval()(torch.from_numpy(inputs).permute(0, 3, 1, 2)).numpy()
+  top1 = [classes[0][0] for _, classes in predictions]
+  assert top1 == [result["class_names"][i] for i in logits.argmax(-1)]
