@@ -93,3 +93,16 @@ def test_float32_gradients_near_float64(grads):
     f"{np.median(list(ratios.values())):.1f}, max {max(ratios.values()):.1f}"
   )
   assert jax_errors[worst] <= 2e-2, worst
+
+
+def test_float64_gradients_equal_torch_at_32x32(tmp_path):
+  """CIFAR's own size: layer3/4's convolutions run as models.Conv's matmul over windows."""
+  images = torch_utils.parity_inputs(num_real=4, num_noise=4, size=32).double()
+  labels = torch.randint(0, NUM_CLASSES, (8,), generator=torch.Generator().manual_seed(3))
+  torch_model = torch_utils.randomized_torchvision(ARCH, NUM_CLASSES).double()
+  with jax.enable_x64(True):
+    variables = torch_utils.convert_with_cli(torch_model, tmp_path, ARCH)
+    actual = flax_grads(variables, torch_utils.to_nhwc(images), labels.numpy(), jnp.float64)
+  errors = torch_utils.relative_errors({"params": actual}, torch_grads(torch_model, images, labels))
+  worst = max(errors, key=errors.get)
+  assert errors[worst] <= 1e-10, (worst, errors[worst])

@@ -100,6 +100,21 @@ def test_float64_is_exact(arch, inputs, tmp_path):
     assert_train_parity(arch, torch_model, variables, images, jnp.float64, 1e-10)
 
 
+def test_small_inputs_are_exact_in_float64(tmp_path):
+  """32x32 (CIFAR at its own size): layer3 and layer4 see inputs smaller than their 3x3
+  kernels, which models.Conv computes as a matmul over windows instead of a convolution."""
+  images = torch_utils.parity_inputs(num_real=4, num_noise=4, size=32).double()
+  torch_model = torch_utils.randomized_torchvision("resnet18").double()
+  with jax.enable_x64(True):
+    variables = torch_utils.convert_with_cli(torch_model, tmp_path, "resnet18")
+    expected = torch_utils.stage_outputs(torch_model, images)
+    actual, _ = flax_outputs("resnet18", variables, images, dtype=jnp.float64)
+    assert actual["layer4"].shape[1:3] == (1, 1)
+    for key in ("logits", *STAGES):
+      assert torch_utils.relative_error(actual[key], expected[key]) <= 1e-10, key
+    assert_train_parity("resnet18", torch_model, variables, images, jnp.float64, 1e-10)
+
+
 def test_odd_input_size_keeps_torch_shapes(tmp_path):
   """97x97: 'SAME' padding would give 49x49 after the stem conv, torch's pad 3 gives 49 too,
   but the pool and later strides differ; every stage must match torch's shape and values."""
