@@ -107,6 +107,9 @@ def convert_torchvision(
     shutil.rmtree(staging, ignore_errors=True)
     raise RuntimeError(
       f"Could not convert torchvision's {arch} {weights} weights:\n{result.stderr.strip()[-3000:]}"
+      f"\nFor training, convert them yourself (`python -m convert.torch_to_flax --arch {arch} "
+      f"--torch-checkpoint FILE --num-classes {num_classes} --output DIR`) and pass "
+      "--config.init_from=DIR, or --config.init_from='' to train from scratch."
     )
   staging.rename(directory)
   return directory
