@@ -91,17 +91,24 @@ def _train_command(workdir: pathlib.Path, root: pathlib.Path, overrides: dict) -
   ]  # fmt: skip
 
 
+def _run(command: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+  """Runs `command` in the repository root, bounded in time, capturing its output."""
+  return subprocess.run(
+    command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False
+  )
+
+
+def _four_cpu_devices() -> dict[str, str]:
+  """The environment of a child process that sees 4 CPU devices."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+  return env
+
+
 def _run_train(
   workdir: pathlib.Path, root: pathlib.Path, overrides: dict
 ) -> subprocess.CompletedProcess:
-  result = subprocess.run(
-    _train_command(workdir, root, overrides),
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    check=False,
-  )
+  result = _run(_train_command(workdir, root, overrides))
   assert result.returncode == 0, result.stderr[-5000:]
   return result
 
@@ -224,17 +231,8 @@ def test_train_steps_on_4_devices_match_1_device(dtype):
   BatchNorm over 8 examples, measured at <= 2e-4 of each tensor's update; float32 itself is off
   from float64 by up to 2e-3 of the update on one device, so 1e-3 is within float32's own error.
   """
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_ENABLE_X64=str(int(dtype == "float64")))
-  env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
-  result = subprocess.run(
-    [sys.executable, "-m", "tests.mesh_parity", dtype],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    check=False,
-  )
+  env = dict(_four_cpu_devices(), JAX_ENABLE_X64=str(int(dtype == "float64")))
+  result = _run([sys.executable, "-m", "tests.mesh_parity", dtype], env)
   assert result.returncode == 0, result.stderr[-5000:]
   report = json.loads(result.stdout)
   assert report["devices"] == 4
@@ -389,17 +387,7 @@ def test_bad_config_value_fails_naming_field_and_fix(cifar_root, tmp_path, overr
 
 def test_batch_size_not_divisible_by_devices_fails_before_writing(cifar_root, tmp_path):
   workdir = tmp_path / "run"
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
-  result = subprocess.run(
-    _train_command(workdir, cifar_root, {"batch_size": 30}),
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    check=False,
-  )
+  result = _run(_train_command(workdir, cifar_root, {"batch_size": 30}), _four_cpu_devices())
   assert result.returncode != 0
   assert "config.batch_size=30 is not divisible by the 4 devices" in result.stderr
   assert "use a multiple of 4 (e.g. 28)" in result.stderr
