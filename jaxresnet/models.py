@@ -111,13 +111,17 @@ class BatchNorm(nn.Module):
     return y.astype(self.dtype)
 
 
-class Downsample(nn.Module):
-  """torchvision's projection shortcut: `downsample.0` (1x1 conv) and `downsample.1` (BN)."""
+class Unit(nn.Module):
+  """Fields shared by the shortcut and the blocks: width, stride, and the conv/BN factories."""
 
   features: int
   strides: int
   conv: ModuleDef
   norm: ModuleDef
+
+
+class Downsample(Unit):
+  """torchvision's projection shortcut: `downsample.0` (1x1 conv) and `downsample.1` (BN)."""
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -125,13 +129,9 @@ class Downsample(nn.Module):
     return self.norm(name="1")(x, train)
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(Unit):
   """Two 3x3 convolutions (ResNet-18/34)."""
 
-  features: int
-  strides: int
-  conv: ModuleDef
-  norm: ModuleDef
   expansion: ClassVar[int] = 1
 
   @nn.compact
@@ -143,13 +143,9 @@ class BasicBlock(nn.Module):
     return nn.relu(y + _shortcut(self, x, y, train))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(Unit):
   """1x1, 3x3, 1x1 convolutions (ResNet-50), with the stride on the 3x3 as torchvision."""
 
-  features: int
-  strides: int
-  conv: ModuleDef
-  norm: ModuleDef
   expansion: ClassVar[int] = 4
 
   @nn.compact
@@ -163,7 +159,7 @@ class Bottleneck(nn.Module):
     return nn.relu(y + _shortcut(self, x, y, train))
 
 
-def _shortcut(block: nn.Module, x: jax.Array, y: jax.Array, train: bool) -> jax.Array:
+def _shortcut(block: Unit, x: jax.Array, y: jax.Array, train: bool) -> jax.Array:
   """The identity, or torchvision's projection where the block changes the shape."""
   if x.shape == y.shape:
     return x
