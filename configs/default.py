@@ -6,6 +6,8 @@ train loop reads lives here, so `--config.FIELD=VALUE` can change any of them.
 
 import ml_collections
 
+from jaxresnet import preprocess
+
 
 def get_config() -> ml_collections.ConfigDict:
   """Returns the default config: ResNet-18 on CIFAR-10 at 224x224, as in the paper."""
@@ -25,8 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # On-device preprocessing (the paper's torchvision transforms).
   config.image_size = 224
-  config.mean = (0.485, 0.456, 0.406)  # ImageNet statistics, as torchvision's weights expect.
-  config.std = (0.229, 0.224, 0.225)
+  config.mean = preprocess.IMAGENET_MEAN  # As torchvision's weights expect.
+  config.std = preprocess.IMAGENET_STD
   config.hflip = True
   config.vflip = True
 

@@ -8,7 +8,7 @@ evaluated on the whole test split every epoch: enough to see the loss fall, the 
 well above chance (10%), checkpoints, metrics and figures written. Adam (lr 0.001, warmup over
 the first 0.2 epochs, then cosine decay to 0) learns fastest in so few steps; the decay also
 lets BatchNorm's running statistics catch up with the weights, which eval mode uses. Measured on
-2 CPU cores with the first 200 test images of each class (2,000; tests/test_train.py): 37.2%
+2 CPU cores with the first 200 test images of each class (2,000; tests/test_train_loop.py): 37.2%
 test accuracy, about 100 s end to end; seeds 0, 1, 2 on another draw of 2,560 training images:
 36.6%, 38.1%, 36.1%. SGD (momentum 0.9) on that draw: 27-28% with this schedule (lr 0.03-0.05),
 21.8% with lr 0.05 constant and batch 64, at a test loss of 6.3 (stale BatchNorm statistics).

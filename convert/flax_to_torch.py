@@ -12,7 +12,6 @@ steps (train-mode forward passes) since the conversion.
 """
 
 import argparse
-import json
 import pathlib
 import sys
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ import torchvision
 
 from convert import layout
 from jaxresnet import checkpointing, models, pretrained
+from jaxresnet import workdir as workdir_lib
 
 
 def export_state_dict(
@@ -99,23 +99,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def load_workdir(workdir: pathlib.Path, which: str) -> tuple[dict, dict, int]:
   """A training checkpoint's variables, converter-style metadata, and its step.
 
-  The BatchNorm counters start from those of the converted weights the run started from, when
-  they are still on disk (a scratch run starts them at 0), and advance by the step.
+  The BatchNorm counters are those of the weights the run started from, which training saved in
+  the checkpoint's model info (0 for a scratch run), advanced by the step.
   """
   variables, info, step = checkpointing.load_trained(workdir, which)
-  config = json.loads((workdir / "config.json").read_text())
-  init_from = config.get("init_from", "")
-  if pretrained.is_weights_name(init_from):
-    source = pretrained.cache_directory(
-      info["model"], init_from, info["num_classes"], config["seed"], config["weights_cache_dir"]
-    )
-  else:
-    source = pathlib.Path(init_from).expanduser() if init_from else None
-  counters = {}
-  if source is not None and (source / pretrained.METADATA_FILE).is_file():
-    counters = pretrained.load_metadata(source).get("num_batches_tracked", {})
   metadata = {"arch": info["model"], "num_classes": info["num_classes"],
-              "num_batches_tracked": counters}  # fmt: skip
+              "num_batches_tracked": info.get("num_batches_tracked", {})}  # fmt: skip
   return variables, metadata, step
 
 
@@ -125,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     raise SystemExit(
       f"error: --output {args.output} already exists; choose a new file or pass --overwrite."
     )
-  if (args.input / checkpointing.LATEST_DIR).is_dir():
+  if workdir_lib.is_training_workdir(args.input):
     variables, metadata, steps = load_workdir(args.input, args.checkpoint)
   else:
     metadata, steps = pretrained.load_metadata(args.input), args.steps

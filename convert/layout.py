@@ -7,7 +7,6 @@ leaf names and the array layouts differ, and both are listed here, once, for bot
 from collections.abc import Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxresnet import models
@@ -52,9 +51,7 @@ def to_torch(path: Path, array: np.ndarray) -> np.ndarray:
 def variable_shapes(arch: str, num_classes: int) -> dict[Path, tuple[int, ...]]:
   """Every variable of the model, in Flax layout, without computing anything."""
   model = models.create_model(arch, num_classes)
-  abstract = jax.eval_shape(
-    lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
-  )
+  abstract = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0)))
   return {path: leaf.shape for path, leaf in flatten(abstract)}
 
 

@@ -11,20 +11,13 @@ import numpy as np
 import torch
 import torchvision
 from PIL import Image
-from torchvision.transforms import v2
 
+from convert import transforms
 from jaxresnet import models, pretrained
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-# The paper's evaluation transform (ImageNet statistics), on a fixed square size.
-TRANSFORM = v2.Compose(
-  [
-    v2.Resize((224, 224)),
-    v2.ToImage(),
-    v2.ToDtype(torch.float32, scale=True),
-    v2.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
-  ]
-)
+# The paper's evaluation transform, squared so that images of any shape stack into one batch.
+TRANSFORM = transforms.paper_transform(224, square=True)
 
 
 def sample_images(folder: pathlib.Path | None, count: int = 16) -> torch.Tensor:

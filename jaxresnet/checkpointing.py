@@ -11,8 +11,11 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-LATEST_DIR = "checkpoints"
-BEST_DIR = "best"
+from jaxresnet import workdir as workdir_lib
+
+# The model-info fields a workdir's checkpoints must match to be resumed (the optimizer fixes the
+# state's tree); the others (BatchNorm counters at the start) describe the run.
+IDENTITY = ("model", "num_classes", "class_names", "optimizer")
 
 
 def create_managers(workdir: pathlib.Path, keep: int) -> dict[str, ocp.CheckpointManager]:
@@ -23,13 +26,13 @@ def create_managers(workdir: pathlib.Path, keep: int) -> dict[str, ocp.Checkpoin
       max_to_keep=1, best_fn=lambda metrics: metrics["val_accuracy"], best_mode="max", create=True
     ),
   }
-  dirs = {"latest": LATEST_DIR, "best": BEST_DIR}
   return {
     name: ocp.CheckpointManager(
-      workdir.absolute() / dirs[name], options=options[name], item_names=("state", "model")
+      workdir_lib.checkpoint_dir(workdir, name), options=options[name],
+      item_names=("state", "model"),
     )
-    for name in dirs
-  }
+    for name in options
+  }  # fmt: skip
 
 
 def save(
@@ -53,19 +56,23 @@ def read_model_info(manager: ocp.CheckpointManager, step: int) -> dict:
   return manager.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore())).model
 
 
-def check_compatible(manager: ocp.CheckpointManager, model_info: dict) -> None:
-  """Refuses a workdir whose checkpoints belong to another model (before anything is written)."""
+def check_compatible(manager: ocp.CheckpointManager, model_info: dict) -> dict | None:
+  """The latest checkpoint's model info, or None; refuses one of another model (writing nothing).
+
+  Only the `IDENTITY` fields are compared.
+  """
   step = manager.latest_step()
   if step is None:
-    return
+    return None
   saved = read_model_info(manager, step)
-  different = {k: (saved.get(k), v) for k, v in model_info.items() if saved.get(k) != v}
+  different = {k: (saved.get(k), model_info[k]) for k in IDENTITY if saved.get(k) != model_info[k]}
   if different:
     details = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in different.items())
     raise ValueError(
       f"{manager.directory} holds checkpoints of another model ({details}). Use a new --workdir, "
       "or delete that one to start over; nothing was overwritten."
     )
+  return saved
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None) -> Any:
@@ -85,19 +92,22 @@ def abstract(state: Any, sharding: jax.sharding.Sharding) -> Any:
 def load_trained(workdir: pathlib.Path, which: str = "latest") -> tuple[dict, dict, int]:
   """({"params", "batch_stats"}, model info, step) of a training run, for inference or export.
 
+  The model info holds the architecture, classes and optimizer, and `num_batches_tracked`: torch's
+  BatchNorm counters of the weights the run started from, which an export advances by the step.
+
   Args:
     workdir: a training workdir.
     which: "latest", "best" (chosen on validation; needs config.val_split) or a step number.
   """
   workdir = pathlib.Path(workdir)
-  if not (workdir / LATEST_DIR).is_dir():
+  if not workdir_lib.is_training_workdir(workdir):
     raise FileNotFoundError(
-      f"{workdir} is not a training workdir (no {LATEST_DIR}/ in it): pass the --workdir "
-      "given to `python -m jaxresnet.train`."
+      f"{workdir} is not a training workdir (no {workdir_lib.LATEST_DIR}/ in it): pass the "
+      "--workdir given to `python -m jaxresnet.train`."
     )
-  directory = workdir / (BEST_DIR if which == "best" else LATEST_DIR)
+  directory = workdir_lib.checkpoint_dir(workdir, which)
   handlers = {"state": ocp.StandardCheckpointHandler(), "model": ocp.JsonCheckpointHandler()}
-  manager = ocp.CheckpointManager(directory.absolute(), item_handlers=handlers)
+  manager = ocp.CheckpointManager(directory, item_handlers=handlers)
   if which in ("latest", "best"):
     step = manager.best_step() if which == "best" else manager.latest_step()
   elif which.isdigit() and int(which) in manager.all_steps():

@@ -1,7 +1,7 @@
 """Joins the processes of a multi-host run into one JAX runtime, before anything else runs.
 
 Every process runs the same command. After `jax.distributed.initialize`, `jax.devices()` lists the
-devices of every process, so `parallel.create_mesh` spans all hosts; `input_pipeline` gives each
+devices of every process, so `parallel.create_mesh` spans all hosts; `jaxresnet.data` gives each
 process its slice of every global batch; Orbax checkpoints are written by all processes together;
 and only process 0 writes metrics, figures and the config. A single process (the default) never
 starts the distributed runtime.
@@ -17,9 +17,28 @@ import os
 from collections.abc import Mapping
 
 import jax
-from absl import logging
+from absl import flags, logging
 
 MODES = ("auto", "on", "off")
+
+
+def define_flags() -> None:
+  """The multi-process flags of `python -m jaxresnet.train` (docs/multihost.md)."""
+  flags.DEFINE_enum("distributed", "auto", MODES,
+                    "auto: multi-process when the flags below are given, JAX_COORDINATOR_ADDRESS "
+                    "is set, or under SLURM / Open MPI (> 1 task) or on a Cloud TPU VM; on: always "
+                    "(JAX detects the cluster); off: never.")  # fmt: skip
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0, reachable by all.")
+  flags.DEFINE_integer("num_processes", None, "How many processes take part in the run.")
+  flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes - 1.")
+
+
+def initialize_from_flags() -> bool:
+  """`initialize` with the values of the flags `define_flags` defined; unset ones are detected."""
+  values = flags.FLAGS
+  return initialize(
+    values.distributed, values.coordinator_address, values.num_processes, values.process_id
+  )
 
 
 def multiprocess_source(

@@ -231,7 +231,7 @@ ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBl
 ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock)
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config.dtype -> compute dtype.
+DTYPES = ("float32", "bfloat16")  # config.dtype: the compute dtype of a training run.
 MODELS: dict[str, Callable[..., ResNet]] = {
   "resnet18": ResNet18,
   "resnet34": ResNet34,
@@ -239,8 +239,25 @@ MODELS: dict[str, Callable[..., ResNet]] = {
 }
 
 
-def create_model(arch: str, num_classes: int, dtype: Dtype = jnp.float32) -> ResNet:
-  """Builds a ResNet by torchvision's name, with a clear error for an unknown one."""
+def create_model(arch: str, num_classes: int, dtype: Dtype = "float32") -> ResNet:
+  """Builds a ResNet by torchvision's name, with a clear error for an unknown one.
+
+  Args:
+    arch: a key of `MODELS`.
+    num_classes: the head's size.
+    dtype: the compute dtype, by name ("float32", "bfloat16", "float64") or as a dtype;
+      parameters stay float32.
+  """
   if arch not in MODELS:
     raise ValueError(f"Unknown model {arch!r}: choose one of {sorted(MODELS)}.")
-  return MODELS[arch](num_classes=num_classes, dtype=dtype)
+  return MODELS[arch](num_classes=num_classes, dtype=jnp.dtype(dtype))
+
+
+def init_variables(model: ResNet, rng: jax.Array) -> dict[str, Any]:
+  """torchvision's initialisation ({"params", "batch_stats"}), in one compiled call.
+
+  One jitted `init` instead of ~150 small eager ones. The variables do not depend on the image
+  size, so a small dummy image serves every run.
+  """
+  images = jnp.zeros((1, 32, 32, 3), jnp.float32)
+  return jax.jit(model.init, static_argnames="train")(rng, images, train=False)

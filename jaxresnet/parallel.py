@@ -8,6 +8,7 @@ count.
 """
 
 import functools
+from typing import Any
 
 import jax
 import ml_collections
@@ -60,10 +61,10 @@ def jit_train_step(config: ml_collections.ConfigDict, mesh: Mesh):
   )
 
 
-def jit_eval_step(config: ml_collections.ConfigDict, mesh: Mesh):
-  """`steps.eval_step` jitted over `mesh`; metrics come back replicated."""
+def jit_eval_step(model: Any, config: ml_collections.ConfigDict, mesh: Mesh):
+  """`steps.eval_step` of `model` jitted over `mesh`: (variables, batch) -> replicated metrics."""
   return jax.jit(
-    functools.partial(steps.eval_step, config=config),
+    functools.partial(steps.eval_step, model=model, config=config),
     in_shardings=(replicated(mesh), batch_sharded(mesh)),
     out_shardings=replicated(mesh),
   )

@@ -17,6 +17,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+# ImageNet's per-channel statistics, which torchvision's weights expect (configs' mean and std).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 # PIL's fixed point for 8-bit images (libImaging/Resample.c: 32 - 8 - 2 bits).
 _PRECISION_BITS = 22
 

@@ -69,16 +69,33 @@ def train_step(
   return update(state, images, batch["label"], config.label_smoothing)
 
 
+def variables_of(state: TrainState) -> dict[str, Any]:
+  """The model variables of a train state, what evaluation and inference need."""
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def eval_logits(
+  variables: dict, images: jax.Array, *, model: Any, config: ml_collections.ConfigDict
+) -> jax.Array:
+  """Eval-mode logits of uint8 images at their source size, preprocessed as in evaluation."""
+  return model.apply(variables, preprocess.preprocess(images, config), train=False)
+
+
 def eval_step(
-  state: TrainState, batch: Batch, config: ml_collections.ConfigDict
+  variables: dict, batch: Batch, *, model: Any, config: ml_collections.ConfigDict
 ) -> metrics.EvalMetrics:
   """Metrics of one (possibly padded) eval batch; padded examples have mask False."""
-  images = preprocess.preprocess(batch["image"], config)
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
-  logits = state.apply_fn(variables, images, train=False)
+  logits = eval_logits(variables, batch["image"], model=model, config=config)
   return metrics.EvalMetrics.single_from_model_output(
     logits=logits,
     labels=batch["label"],
     loss=cross_entropy(logits, batch["label"]),
     mask=batch["mask"],
   )
+
+
+def predict_step(
+  variables: dict, images: jax.Array, *, model: Any, config: ml_collections.ConfigDict
+) -> jax.Array:
+  """Class probabilities of uint8 images at their source size."""
+  return jax.nn.softmax(eval_logits(variables, images, model=model, config=config))

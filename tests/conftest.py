@@ -7,13 +7,12 @@ segfaults, because the two ship clashing LLVMs. pytest imports this file first.
 import torchvision  # noqa: F401  (import order matters, see above)
 
 # isort: split
-import tarfile
 from pathlib import Path
 
 import pytest
 
-from tests import torch_utils
-from tests.torch_utils import CIFAR10_JPEG_TARBALL
+from jaxresnet.data import cifar10_jpeg
+from tests import torch_utils, train_helpers
 
 
 @pytest.fixture(scope="session")
@@ -21,24 +20,21 @@ def cifar_jpeg_root(tmp_path_factory):
   """Factory: (per_class_train, per_class_test) -> an image folder of real CIFAR-10 JPEGs.
 
   The folder has train/ and test/ with the 10 class folders, each holding its first images
-  (0000.jpg, ...); it is unpacked once per argument pair and session.
+  (0000.jpg, ...); it is unpacked once per argument pair and session, from $JPEG_TARBALL or
+  ../shared/datasets/cifar10-jpeg.tar.gz (`jaxresnet/data/cifar10_jpeg.py`).
   """
-  if not CIFAR10_JPEG_TARBALL.is_file():
-    pytest.fail(f"{CIFAR10_JPEG_TARBALL} is missing: see ../shared/datasets/README.md.")
+  try:
+    cifar10_jpeg.require_tarball()
+  except FileNotFoundError as error:
+    pytest.fail(str(error))
   roots = {}
 
   def make(per_class_train: int, per_class_test: int) -> Path:
-    if (per_class_train, per_class_test) not in roots:
-      limit = {"train": per_class_train, "test": per_class_test}
+    key = per_class_train, per_class_test
+    if key not in roots:
       out = tmp_path_factory.mktemp(f"cifar10_jpeg_{per_class_train}_{per_class_test}")
-      with tarfile.open(CIFAR10_JPEG_TARBALL) as tar:
-        # Names are cifar10-jpeg/<split>/<class>/NNNN.jpg.
-        members = [
-          m for m in tar if m.isfile() and int(Path(m.name).stem) < limit[m.name.split("/")[1]]
-        ]
-        tar.extractall(out, members=members, filter="data")
-      roots[per_class_train, per_class_test] = out / "cifar10-jpeg"
-    return roots[per_class_train, per_class_test]
+      roots[key] = cifar10_jpeg.unpack(out, {"train": per_class_train, "test": per_class_test})
+    return roots[key]
 
   return make
 
@@ -54,3 +50,18 @@ def exact_matmuls():
   """Full-precision matmuls in JAX and torch (no TF32 on a GPU), for parity tests."""
   with torch_utils.exact_matmuls():
     yield
+
+
+@pytest.fixture(scope="session")
+def cifar_root(cifar_jpeg_root) -> Path:
+  """The real-data folder of the training tests (train_helpers.TRAIN_PER_CLASS per class)."""
+  return cifar_jpeg_root(train_helpers.TRAIN_PER_CLASS, train_helpers.TEST_PER_CLASS)
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_run(cifar_root, tmp_path_factory) -> Path:
+  """A finished, never interrupted TINY run of resnet18 through the CLI; its stderr beside it."""
+  workdir = tmp_path_factory.mktemp("tiny") / "reference"
+  result = train_helpers.run_train(workdir, cifar_root, train_helpers.TINY)
+  (workdir.parent / "stderr.txt").write_text(result.stderr)
+  return workdir

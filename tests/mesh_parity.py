@@ -34,8 +34,7 @@ def run(mesh: Mesh, dtype: jnp.dtype) -> tuple[dict, dict]:
   config.image_size = 32
   config.batch_size = BATCH_SIZE
   model = models.create_model(config.model, NUM_CLASSES, dtype)
-  images = jnp.zeros((1, config.image_size, config.image_size, 3), dtype)
-  variables = model.init(jax.random.key(0), images, train=False)
+  variables = models.init_variables(model, jax.random.key(0))
   # create_model keeps float32 parameters; float64 compute wants float64 everywhere.
   variables = jax.tree.map(lambda x: x.astype(dtype), variables)
   initial = jax.device_get(variables)

@@ -27,7 +27,8 @@ import numpy as np
 from absl import logging
 
 from configs import default
-from jaxresnet import distributed, input_pipeline, models, optimizers, parallel, steps, train
+from jaxresnet import distributed, models, optimizers, parallel, steps, train
+from jaxresnet.data import dataset as dataset_lib
 
 NUM_STEPS = 3
 # The test's tiny run, as overrides of configs/default.py (the test's CLI run passes them as
@@ -66,21 +67,21 @@ def flat(tree) -> dict[str, np.ndarray]:
 
 def run_float64(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   """NUM_STEPS float64 steps from the run's initial variables; call under jax.enable_x64."""
-  info = input_pipeline.get_info(config)
+  data = dataset_lib.create_dataset(config, [config.train_split])
   mesh = parallel.create_mesh()
   # As train_and_evaluate draws them; create_model keeps float32 parameters, cast to float64.
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-  model = models.create_model(config.model, info.num_classes, jnp.float64)
-  images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float64)
-  variables = jax.jit(lambda rng: model.init(rng, images, train=False))(init_rng)
+  model = models.create_model(config.model, data.info.num_classes, "float64")
+  variables = models.init_variables(model, init_rng)
   variables = jax.tree.map(lambda x: x.astype(jnp.float64), variables)
   initial = flat(variables)
-  tx = optimizers.create_optimizer(config, info.num_train // config.batch_size)
+  steps_per_epoch = data.info.num_examples[config.train_split] // config.batch_size
+  tx = optimizers.create_optimizer(config, steps_per_epoch)
   state = steps.create_train_state(model, variables, tx)
   state = jax.device_put(state, parallel.replicated(mesh))
 
   train_step = parallel.jit_train_step(config, mesh)
-  batches = input_pipeline.train_batches(config, info)
+  batches = data.train_batches()
   for _ in range(NUM_STEPS):
     batch = parallel.to_global(next(batches), mesh)
     state, step_metrics = train_step(state, batch, train_rng)

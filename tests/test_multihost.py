@@ -229,7 +229,7 @@ def test_float32_two_processes_match_one(runs):
   assert total <= F32_TOTAL_TOL
 
   # The first step's loss: same parameters, same global batch, sums in another order.
-  (step, loss_one), (_, loss_two) = _series(one, "train_loss")[0], _series(two, "train_loss")[0]
+  (step, loss_one), (_, loss_two) = _series(one, "train/loss")[0], _series(two, "train/loss")[0]
   print(f"float32: first loss {loss_one!r} (1 process), {loss_two!r} (2 processes)")
   assert step == 1 and loss_two == pytest.approx(loss_one, rel=1e-5)
   # The eval split counted once over both processes, whose batches end in padding.
@@ -242,8 +242,8 @@ def test_float32_two_processes_match_one(runs):
 def test_two_process_run_writes_once(runs):
   workdir = runs["f32_two"]
   # Every step and epoch logged once (a second writer would double the records).
-  assert [s for s, _ in _series(workdir, "train_loss")] == [1, 2, 3, 4]
-  assert [s for s, _ in _series(workdir, "test_epoch_accuracy")] == [2, 4]
+  assert [s for s, _ in _series(workdir, "train/loss")] == [1, 2, 3, 4]
+  assert [s for s, _ in _series(workdir, "test/accuracy")] == [2, 4]
   assert len(list(workdir.glob("events.out.tfevents.*"))) == 1
   for name in ("config.json", "curves.png", "confusion_matrix.png", "per_class_accuracy.txt"):
     assert (workdir / name).is_file(), name
@@ -261,8 +261,8 @@ def test_two_process_resume_matches_uninterrupted(runs):
   for name, value in reference.items():
     assert np.array_equal(state[name], value), name
   # The records after step 2 were cut and written again, once.
-  assert _series(resumed, "train_loss") == _series(uninterrupted, "train_loss")
-  assert _series(resumed, "test_epoch_loss") == _series(uninterrupted, "test_epoch_loss")
+  assert _series(resumed, "train/loss") == _series(uninterrupted, "train/loss")
+  assert _series(resumed, "test/loss") == _series(uninterrupted, "test/loss")
 
 
 # When a run is multi-process.

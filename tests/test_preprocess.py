@@ -9,6 +9,7 @@ from PIL import Image
 from torchvision import transforms
 
 from configs import default
+from convert import transforms as paper_transforms
 from jaxresnet import preprocess as pp
 
 # Binomial bounds: a count of n draws with probability p lies within 5 standard deviations of n*p
@@ -55,13 +56,7 @@ def test_matches_torchvision_transforms_on_real_images(
   assert np.abs(levels - resized).max() < 1e-3
 
   # After: what the torch model would be fed, up to float32 rounding.
-  paper = transforms.Compose(
-    [
-      transforms.Resize(image_size),
-      transforms.ToTensor(),
-      transforms.Normalize(config.mean, config.std),
-    ]
-  )
+  paper = paper_transforms.paper_transform(image_size)
   expected = torch.stack([paper(image) for image in images]).permute(0, 2, 3, 1).numpy()
   ours = _jitted(config)(batch)
   assert ours.dtype == np.float32 and ours.shape == (100, image_size, image_size, 3)

@@ -15,25 +15,10 @@ import numpy as np
 import torch
 import torchvision
 from PIL import Image
-from torchvision.transforms import v2
 
-from convert import layout, torch_to_flax
+from convert import layout, torch_to_flax, transforms
 from jaxresnet import pretrained
-
-# The real data set, beside the repository (see ../shared/datasets/README.md).
-CIFAR10_JPEG_TARBALL = (
-  pathlib.Path(__file__).resolve().parents[2] / "shared/datasets/cifar10-jpeg.tar.gz"
-)
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-# The paper's evaluation transform.
-PAPER_TRANSFORM = v2.Compose(
-  [
-    v2.Resize(224),
-    v2.ToImage(),
-    v2.ToDtype(torch.float32, scale=True),
-    v2.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
-  ]
-)
+from jaxresnet.data import cifar10_jpeg
 
 
 def randomized_torchvision(arch: str, num_classes: int = 1000, seed: int = 0) -> torch.nn.Module:
@@ -56,8 +41,9 @@ def randomized_torchvision(arch: str, num_classes: int = 1000, seed: int = 0) ->
 
 def real_images(count: int, split: str = "test") -> list[Image.Image]:
   """The first `count` CIFAR-10 JPEGs of `split`, cycling over the classes."""
-  wanted = [f"cifar10-jpeg/{split}/{CLASSES[i % 10]}/{i // 10:04d}.jpg" for i in range(count)]
-  with tarfile.open(CIFAR10_JPEG_TARBALL) as tar:
+  classes = cifar10_jpeg.CLASSES
+  wanted = [cifar10_jpeg.member(split, classes[i % 10], i // 10) for i in range(count)]
+  with tarfile.open(cifar10_jpeg.require_tarball()) as tar:
     members = {m.name: m for m in tar.getmembers() if m.name in set(wanted)}
     return [
       Image.open(io.BytesIO(tar.extractfile(members[n]).read())).convert("RGB") for n in wanted
@@ -66,7 +52,8 @@ def real_images(count: int, split: str = "test") -> list[Image.Image]:
 
 def parity_inputs(num_real: int = 4, num_noise: int = 4, size: int = 224) -> torch.Tensor:
   """NCHW float32: real CIFAR-10 images through the paper's transform, then N(0, 1) noise."""
-  real = torch.stack([PAPER_TRANSFORM(im) for im in real_images(num_real)])
+  transform = transforms.paper_transform(224)
+  real = torch.stack([transform(im) for im in real_images(num_real)])
   if size != 224:
     real = torch.nn.functional.interpolate(real, size=(size, size), mode="bilinear")
   noise = torch.randn(num_noise, 3, size, size, generator=torch.Generator().manual_seed(1))

@@ -1,4 +1,8 @@
-"""Input pipeline: CIFAR-10 through (mocked) TFDS, and image folders of real CIFAR-10 JPEGs."""
+"""The data set object: CIFAR-10 through (mocked) TFDS, and image folders of real CIFAR-10 JPEGs.
+
+Every test goes through the public API: `create_dataset`, `Dataset.info`, `train_batches`,
+`eval_batches`.
+"""
 
 import itertools
 import socket
@@ -12,21 +16,10 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import default
-from jaxresnet import input_pipeline as ip
 from jaxresnet import network, parallel
+from jaxresnet.data import cifar10_jpeg, dataset
 
-CIFAR10_CLASSES = (
-  "airplane",
-  "automobile",
-  "bird",
-  "cat",
-  "deer",
-  "dog",
-  "frog",
-  "horse",
-  "ship",
-  "truck",
-)
+CIFAR10_CLASSES = cifar10_jpeg.CLASSES
 
 
 def _config(**overrides) -> ml_collections.ConfigDict:
@@ -39,20 +32,33 @@ def _folder_config(root, **overrides) -> ml_collections.ConfigDict:
   return _config(dataset=f"imagefolder:{root}", **overrides)
 
 
+def _folder_dataset(root, splits=("train", "test"), **overrides) -> dataset.Dataset:
+  return dataset.create_dataset(_folder_config(root, **overrides), splits)
+
+
 @pytest.fixture
 def mock_cifar10(monkeypatch, tmp_path):
-  """Factory: (num_examples, **overrides) -> config of a mocked TFDS CIFAR-10, splits loaded.
+  """Factory: (num_examples, **overrides) -> (Dataset of a mocked TFDS CIFAR-10, its images).
 
-  TFDS's mock skips downloading, so the connectivity probe is told the network is up. Each test
-  gets its own data_dir, which keys the pipeline's cache of loaded splits.
+  TFDS's mock skips downloading, so the connectivity probe is told the network is up. The data
+  set loads its splits while the mock is active; the images of each split, as TFDS itself reads
+  them under the same mock, come along to compare with.
   """
   monkeypatch.setattr(network, "can_reach", lambda host, port: True)
 
-  def make(num_examples: int, **overrides) -> ml_collections.ConfigDict:
+  def make(num_examples: int, **overrides) -> tuple[dataset.Dataset, dict]:
     config = _config(data_dir=str(tmp_path / f"tfds_{num_examples}"), **overrides)
     with tfds.testing.mock_data(num_examples=num_examples):
-      ip.get_info(config)  # Loads and caches the splits.
-    return config
+      data = dataset.create_dataset(config, ["train", "test"])
+      builder = tfds.builder("cifar10", data_dir=config.data_dir)
+      source = {
+        split: list(builder.as_dataset(split=split, shuffle_files=False).as_numpy_iterator())
+        for split in ("train", "test")
+      }
+    return data, {
+      split: {key: np.stack([ex[key] for ex in examples]) for key in ("image", "label")}
+      for split, examples in source.items()
+    }
 
   return make
 
@@ -78,21 +84,26 @@ def _process_batches(monkeypatch, processes: int, make_batches, count: int) -> l
 
 
 def test_cifar10_through_tfds(mock_cifar10):
-  config = mock_cifar10(10, batch_size=4, eval_batch_size=4)
-  info = ip.get_info(config)
-  assert info.num_classes == 10 and info.image_shape == (32, 32, 3)
-  assert (info.num_train, info.num_eval, info.num_val) == (10, 10, 0)
+  data, source = mock_cifar10(10, batch_size=4, eval_batch_size=4)
+  info = data.info
+  assert info.num_classes == 10  # The mock names its classes "0" .. "9".
+  assert info.image_shape == (32, 32, 3) and info.num_examples == {"train": 10, "test": 10}
 
-  batch = next(ip.train_batches(config, info))
+  batch = next(data.train_batches())
   assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == np.uint8
   assert batch["label"].shape == (4,) and batch["label"].dtype == np.int32
 
-  batches = list(ip.eval_batches(config, config.eval_split))
+  batches = list(data.eval_batches("test"))
   assert [b["mask"].sum() for b in batches] == [4, 4, 2]
-  images = np.concatenate([b["image"] for b in batches])[
-    np.concatenate([b["mask"] for b in batches])
-  ]
-  np.testing.assert_array_equal(images, ip._load_tfds_split(config.data_dir, "test").images)
+  mask = np.concatenate([b["mask"] for b in batches])
+  images = np.concatenate([b["image"] for b in batches])[mask]
+  np.testing.assert_array_equal(images, source["test"]["image"])
+
+
+def test_splits_are_loaded_once_and_others_refused(mock_cifar10):
+  data, _ = mock_cifar10(10)
+  with pytest.raises(KeyError, match=r"Split 'train\[:5\]' was not loaded"):
+    data.eval_batches("train[:5]")
 
 
 def test_cifar10_offline_fails_fast_saying_what_to_do(monkeypatch, tmp_path):
@@ -100,7 +111,7 @@ def test_cifar10_offline_fails_fast_saying_what_to_do(monkeypatch, tmp_path):
   config = _config(data_dir=str(tmp_path))
   start = time.perf_counter()
   with pytest.raises(FileNotFoundError) as error:
-    ip.get_info(config)
+    dataset.create_dataset(config, ["train"])
   assert time.perf_counter() - start < 10
   message = str(error.value)
   for needed in ("CIFAR-10", str(tmp_path), "no network", "download_and_prepare", "imagefolder:"):
@@ -118,100 +129,96 @@ def test_connectivity_probe():
 
 @pytest.mark.parametrize("processes", [1, 2])
 def test_eval_visits_every_example_exactly_once(monkeypatch, mock_cifar10, processes):
-  config = mock_cifar10(1003, eval_batch_size=64)
-  batches = _process_batches(
-    monkeypatch, processes, lambda: ip.eval_batches(config, "test"), count=1000
-  )
+  data, source = mock_cifar10(1003, eval_batch_size=64)
+  batches = _process_batches(monkeypatch, processes, lambda: data.eval_batches("test"), 1000)
   assert len(batches) == 16  # ceil(1003 / 64)
   assert all(b["image"].shape[0] == 64 for b in batches)
   mask = np.concatenate([b["mask"] for b in batches])
   assert mask.sum() == 1003 and not mask[1003:].any()
-  source = ip._load_tfds_split(config.data_dir, "test")
-  np.testing.assert_array_equal(np.concatenate([b["image"] for b in batches])[mask], source.images)
-  np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[mask], source.labels)
+  for key in ("image", "label"):
+    ours = np.concatenate([b[key] for b in batches])[mask]
+    np.testing.assert_array_equal(ours, source["test"][key])
 
 
 def test_training_order_is_seeded_restartable_and_process_count_free(monkeypatch, mock_cifar10):
-  config = mock_cifar10(50, batch_size=8)  # 6 steps per epoch, 2 examples dropped.
-  info = ip.get_info(config)
-  lookup = _lookup(ip._load_tfds_split(config.data_dir, "train").images)
+  data, source = mock_cifar10(50, batch_size=8)  # 6 steps per epoch, 2 examples dropped.
+  reseeded, _ = mock_cifar10(50, batch_size=8, seed=1)
+  lookup = _lookup(source["train"]["image"])
 
-  def order(config, start_step=0, processes=1, steps=18):
+  def order(data, start_step=0, processes=1, steps=18):
     batches = _process_batches(
-      monkeypatch, processes, lambda: ip.train_batches(config, info, start_step), steps
+      monkeypatch, processes, lambda: data.train_batches(start_step), steps
     )
     return np.array([[lookup[image.tobytes()] for image in b["image"]] for b in batches])
 
-  steps = order(config)
+  steps = order(data)
   for epoch in steps.reshape(3, 48):
     assert len(set(epoch)) == 48  # Each epoch draws without replacement...
   assert not np.array_equal(steps[:6], steps[6:12])  # ...in a new order.
-  np.testing.assert_array_equal(order(config), steps)
-  reseeded = config.copy_and_resolve_references()
-  reseeded.seed = 1
+  np.testing.assert_array_equal(order(data), steps)
   assert not np.array_equal(order(reseeded), steps)
   for start in (4, 6, 13):
-    np.testing.assert_array_equal(order(config, start, steps=18 - start), steps[start:])
-  np.testing.assert_array_equal(order(config, processes=2), steps)
+    np.testing.assert_array_equal(order(data, start, steps=18 - start), steps[start:])
+  np.testing.assert_array_equal(order(data, processes=2), steps)
 
 
 def test_batch_sizes_must_divide_among_processes(monkeypatch, cifar_jpeg_subset):
-  config = _folder_config(cifar_jpeg_subset, batch_size=8, eval_batch_size=10)
-  info = ip.get_info(config)
+  data = _folder_dataset(cifar_jpeg_subset, batch_size=8, eval_batch_size=10)
   monkeypatch.setattr(jax, "process_count", lambda: 3)
   with pytest.raises(ValueError, match=r"config\.batch_size = 8 .* 3 processes"):
-    ip.train_batches(config, info)
+    data.train_batches()
   with pytest.raises(ValueError, match=r"config\.eval_batch_size = 10 .* 3 processes"):
-    ip.eval_batches(config, "test")
+    data.eval_batches("test")
 
 
 def test_batch_larger_than_train_split(cifar_jpeg_subset):
-  config = _folder_config(cifar_jpeg_subset, batch_size=512)
+  data = _folder_dataset(cifar_jpeg_subset, batch_size=512)
   with pytest.raises(ValueError, match=r"config\.batch_size = 512 exceeds the 300 examples"):
-    ip.train_batches(config, ip.get_info(config))
+    data.train_batches()
+
+
+def _eval_images(data: dataset.Dataset, spec: str) -> tuple[np.ndarray, np.ndarray]:
+  """(images, labels) of one pass over `spec`, padding dropped."""
+  batches = list(data.eval_batches(spec))
+  mask = np.concatenate([b["mask"] for b in batches])
+  return tuple(np.concatenate([b[key] for b in batches])[mask] for key in ("image", "label"))
 
 
 def test_image_folder_gives_pil_pixels_in_tfds_image_folder_order(cifar_jpeg_subset):
-  config = _folder_config(cifar_jpeg_subset, eval_batch_size=64)
-  info = ip.get_info(config)
+  data = _folder_dataset(cifar_jpeg_subset, eval_batch_size=64)
+  info = data.info
   assert info.class_names == CIFAR10_CLASSES
-  assert (info.num_train, info.num_eval, info.num_val) == (300, 100, 0)
+  assert info.num_examples == {"train": 300, "test": 100}
   assert info.image_shape == (32, 32, 3)
+  assert [b["mask"].sum() for b in data.eval_batches("test")] == [64, 36]
+  images, labels = _eval_images(data, "test")
 
-  batches = list(ip.eval_batches(config, "test"))
-  assert [b["mask"].sum() for b in batches] == [64, 36]
-  mask = np.concatenate([b["mask"] for b in batches])
-  images = np.concatenate([b["image"] for b in batches])[mask]
-  labels = np.concatenate([b["label"] for b in batches])[mask]
-
-  paths = ip._load_folder_split(str(cifar_jpeg_subset), "test", 32).paths
   builder = tfds.folder_dataset.ImageFolder(str(cifar_jpeg_subset))
-  dataset = builder.as_dataset("test", decoders={"image": tfds.decode.SkipDecoding()})
-  assert [ex["image/filename"].decode() for ex in dataset.as_numpy_iterator()] == list(paths)
+  examples = builder.as_dataset("test", decoders={"image": tfds.decode.SkipDecoding()})
+  paths = [ex["image/filename"].decode() for ex in examples.as_numpy_iterator()]
   # Decoding matches PIL (hence torchvision) exactly, not within a few levels.
   np.testing.assert_array_equal(images, [np.asarray(Image.open(p).convert("RGB")) for p in paths])
   assert [CIFAR10_CLASSES[label] for label in labels] == [p.split("/")[-2] for p in paths]
 
 
 def test_image_folder_training_batches_and_restart(cifar_jpeg_subset):
-  config = _folder_config(cifar_jpeg_subset, batch_size=32)  # 9 steps per epoch.
-  info = ip.get_info(config)
-  batches = list(itertools.islice(ip.train_batches(config, info), 11))
+  data = _folder_dataset(cifar_jpeg_subset, batch_size=32)  # 9 steps per epoch.
+  batches = list(itertools.islice(data.train_batches(), 11))
   assert batches[0]["image"].shape == (32, 32, 32, 3) and batches[0]["image"].dtype == np.uint8
-  restarted = next(ip.train_batches(config, info, start_step=10))
+  restarted = next(data.train_batches(start_step=10))
   np.testing.assert_array_equal(restarted["image"], batches[10]["image"])
   np.testing.assert_array_equal(restarted["label"], batches[10]["label"])
 
 
 def test_validation_carved_from_train(cifar_jpeg_subset):
-  config = _folder_config(cifar_jpeg_subset, train_split="train[:90%]", val_split="train[90%:]")
-  info = ip.get_info(config)
-  assert (info.num_train, info.num_val) == (270, 30)
-  root = str(cifar_jpeg_subset)
-  train = set(ip._load_folder_split(root, config.train_split, 32).paths)
-  val = ip._load_folder_split(root, config.val_split, 32)
-  assert not train & set(val.paths) and len(train | set(val.paths)) == 300
-  assert len(set(val.labels)) > 3  # The folder order is shuffled, so a slice mixes classes.
+  splits = ("train[:90%]", "train[90%:]", "train")
+  data = _folder_dataset(cifar_jpeg_subset, splits)
+  assert [data.info.num_examples[s] for s in splits] == [270, 30, 300]
+  train, val, everything = (
+    {image.tobytes() for image in _eval_images(data, spec)[0]} for spec in splits
+  )
+  assert not train & val and train | val == everything and len(everything) == 300
+  assert len(set(_eval_images(data, "train[90%:]")[1])) > 3  # A shuffled order mixes classes.
 
 
 def _make_folder(root, files: dict[str, bytes | Image.Image]):
@@ -240,13 +247,14 @@ def test_grayscale_rgba_and_other_sizes_become_rgb_at_source_size(tmp_path, jpeg
   root = _make_folder(
     tmp_path, {f"{split}/{name}": f for split in ("train", "test") for name, f in files.items()}
   )
-  config = _folder_config(root, eval_batch_size=4)
-  images = next(ip.eval_batches(config, "test"))["image"]
-  for path, image in zip(ip._load_folder_split(str(root), "test", 32).paths, images, strict=True):
-    expected = Image.open(path).convert("RGB")
-    if expected.size != (32, 32):
-      expected = expected.resize((32, 32), Image.Resampling.BILINEAR)
-    np.testing.assert_array_equal(image, np.asarray(expected), err_msg=path)
+  images, _ = _eval_images(_folder_dataset(root, eval_batch_size=4), "test")
+  expected = []
+  for name in files:
+    image = Image.open(root / "test" / name).convert("RGB")
+    if image.size != (32, 32):
+      image = image.resize((32, 32), Image.Resampling.BILINEAR)
+    expected.append(np.asarray(image).tobytes())
+  assert sorted(image.tobytes() for image in images) == sorted(expected)
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "broken_link"])
@@ -262,7 +270,7 @@ def test_bad_image_is_named(tmp_path, jpeg, kind):
   else:
     bad.symlink_to(tmp_path / "missing.jpg")
   with pytest.raises(ValueError, match=f"Cannot read the image {bad}"):
-    list(ip.eval_batches(_folder_config(root, eval_batch_size=2), "test"))
+    list(_folder_dataset(root, eval_batch_size=2).eval_batches("test"))
 
 
 def test_folder_errors(tmp_path, jpeg):
@@ -271,25 +279,25 @@ def test_folder_errors(tmp_path, jpeg):
   (root / "test/b/0.jpg").unlink()
   (root / "test/b/notes.txt").write_text("not an image")
   with pytest.raises(ValueError, match=f"class folder {root / 'test/b'} holds no"):
-    ip.get_info(_folder_config(root))
+    _folder_dataset(root)
 
   root = _make_folder(tmp_path / "classes_differ", {**good, "train/c/0.jpg": jpeg})
   with pytest.raises(ValueError, match=r"test lacks the class folders \['c'\]"):
-    ip.get_info(_folder_config(root))
+    _folder_dataset(root)
 
   root = _make_folder(
     tmp_path / "no_test", {k: v for k, v in good.items() if k.startswith("train")}
   )
   with pytest.raises(ValueError, match=r"Cannot read split 'test' .* \['train'\]"):
-    ip.get_info(_folder_config(root))
+    _folder_dataset(root)
 
   with pytest.raises(ValueError, match=r"Split 'train\[:0\]' of imagefolder:.* is empty"):
-    ip.get_info(_folder_config(root, train_split="train[:0]", eval_split="train"))
+    _folder_dataset(root, ["train[:0]", "train"])
 
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    ip.get_info(_folder_config(tmp_path / "nowhere"))
+    _folder_dataset(tmp_path / "nowhere")
   with pytest.raises(ValueError, match="config.dataset = 'mnist' is unknown"):
-    ip.get_info(_config(dataset="mnist"))
+    dataset.create_dataset(_config(dataset="mnist"), ["train"])
 
 
 def test_to_global_shards_over_the_data_axis():

@@ -1,0 +1,69 @@
+"""The paper's figures as PNGs: loss and accuracy curves per epoch, and the confusion matrix."""
+
+import pathlib
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # Files only; never a display.
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+SPLITS = {"train": "train_epoch", "val": "val", "test": "test"}  # Curve label -> record prefix.
+
+
+def epoch_series(history: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
+  """(epochs, values) of every record holding `key` (records carry an "epoch" field)."""
+  points = [(r["epoch"], r[key]) for r in history if key in r and "epoch" in r]
+  return [p[0] for p in points], [p[1] for p in points]
+
+
+def plot_curves(
+  history: Sequence[dict], path: pathlib.Path, last_epochs: int | None = None
+) -> None:
+  """Loss and accuracy per epoch for train, val and test (the paper's Figs. 4 and 5)."""
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+    for label, prefix in SPLITS.items():
+      epochs, values = epoch_series(history, f"{prefix}/{metric}")
+      if last_epochs:
+        start = max(0.0, (epochs[-1] if epochs else 0) - last_epochs)
+        values = [v for e, v in zip(epochs, values, strict=True) if e > start]
+        epochs = [e for e in epochs if e > start]
+      if epochs:
+        ax.plot(epochs, values, marker="o", markersize=3, label=label)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # Epochs are whole numbers.
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  title = f"last {last_epochs} epochs" if last_epochs else "training curves"
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_confusion_matrix(
+  confusion: np.ndarray, class_names: Sequence[str], path: pathlib.Path, title: str
+) -> None:
+  """Counts with true classes as rows (the paper's Fig. 6)."""
+  size = max(5.0, 0.6 * len(class_names))
+  fig, ax = plt.subplots(figsize=(size + 1, size))
+  image = ax.imshow(confusion, cmap="Blues")
+  fig.colorbar(image, ax=ax)
+  ticks = range(len(class_names))
+  ax.set_xticks(ticks, class_names, rotation=45, ha="right")
+  ax.set_yticks(ticks, class_names)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  ax.set_title(title)
+  if len(class_names) <= 20:
+    threshold = confusion.max() / 2
+    for (i, j), count in np.ndenumerate(confusion):
+      color = "white" if count > threshold else "black"
+      ax.text(j, i, str(count), ha="center", va="center", color=color, fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

@@ -1,0 +1,121 @@
+"""The companion CLIs on a finished run, and what all three CLIs need.
+
+- `evaluate` reproduces the run's last test accuracy; `predict` and the torchvision export of the
+  same run predict the same classes.
+- Converted weights, through the training code path and the jitted eval step, predict what
+  torchvision predicts.
+- `train`, `evaluate` and `predict` import without TensorFlow installed.
+"""
+
+import sys
+
+import jax
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from configs import sgd
+from convert import flax_to_torch, torch_to_flax, transforms
+from jaxresnet import evaluate, models, parallel, predict, preprocess, train
+from jaxresnet import workdir as workdir_lib
+from jaxresnet.data import dataset as dataset_lib
+from jaxresnet.data import decode
+from tests import torch_utils
+from tests import train_helpers as th
+
+
+def test_converted_weights_predict_like_torchvision_before_training(
+  cifar_root, tmp_path, exact_matmuls
+):
+  """300 real test images, 32x32 resized to 64 (224, the paper's size, costs 12x more here)."""
+  num_images, image_size = 300, 64
+  source = torch_utils.randomized_torchvision("resnet18")  # 1000 classes.
+  torch_utils.convert_with_cli(source, tmp_path, "resnet18", "--num-classes", "10")
+  converted = tmp_path / "resnet18-flax"  # Where convert_with_cli writes.
+  # torch with the fresh 10-class head the converter drew (torch's nn.Linear init, seed 0).
+  torch_model = torchvision.models.resnet18(num_classes=10).eval()
+  torch_model.load_state_dict(torch_to_flax.with_head(source.state_dict(), "resnet18", 10, 0))
+
+  # The training code path: the paper's config, weights from init_from, the jitted eval step.
+  config = sgd.get_config()
+  config.update(
+    dataset=f"imagefolder:{cifar_root}", image_size=image_size, init_from=str(converted),
+    eval_batch_size=num_images,
+  )  # fmt: skip
+  split = f"test[:{num_images}]"
+  data = dataset_lib.create_dataset(config, [split])
+  batch = next(data.eval_batches(split))
+  assert batch["mask"].all() and len(batch["image"]) == num_images
+  model = models.create_model(config.model, 10)
+  variables, _ = train.initial_variables(config, model, 10, jax.random.key(0))
+
+  # torch gets its own transforms of the same decoded pixels, which equal what our step sees.
+  transform = transforms.paper_transform(image_size)
+  images = torch.stack([transform(Image.fromarray(image)) for image in batch["image"]])
+  ours = np.asarray(preprocess.preprocess(batch["image"], config))
+  np.testing.assert_allclose(torch_utils.to_nhwc(images), ours, rtol=0, atol=1e-6)
+  with torch.no_grad():
+    torch_logits = torch_model(images)
+  torch_top1 = torch_logits.argmax(-1)
+
+  # Labelled with torch's predictions, the eval step's accuracy is the top-1 agreement, and its
+  # loss is torch's cross-entropy of its own logits against them.
+  eval_step = parallel.jit_eval_step(model, config, parallel.create_mesh())
+  labelled = {**batch, "label": torch_top1.numpy().astype(np.int32)}
+  computed = jax.device_get(eval_step(variables, labelled).compute())
+  torch_loss = float(torch.nn.functional.cross_entropy(torch_logits, torch_top1))
+  print(f"top-1 agreement {computed['accuracy']:.4f}; mean cross-entropy {computed['loss']:.6f} "
+        f"(torch {torch_loss:.6f})")  # fmt: skip
+  assert computed["accuracy"] >= 0.995
+  assert computed["loss"] == pytest.approx(torch_loss, rel=1e-4)
+
+
+def test_evaluate_predict_and_export_agree_with_training(finished_tiny_run, cifar_root, tmp_path):
+  """evaluate reproduces the last epoch's test accuracy; the model exported to torchvision
+  predicts what `predict` predicts, on real test images."""
+  result = evaluate.evaluate_checkpoint(finished_tiny_run, "latest", None)
+  last = workdir_lib.last_epoch_results(finished_tiny_run)
+  assert result["step"] == th.TINY_STEPS
+  assert result["accuracy"] == pytest.approx(last["test/accuracy"], abs=1e-6)
+  config = workdir_lib.load_config(finished_tiny_run)
+  num_eval = int(config.eval_split.removeprefix("test[:").removesuffix("]"))
+  assert int(result["confusion_matrix"].sum()) == num_eval  # Each image once.
+
+  images = sorted((cifar_root / "test").glob("*/000[0-2].jpg"))
+  predictions = predict.predict(finished_tiny_run, images)
+  exported = tmp_path / "model.pt"
+  flax_to_torch.main(["--input", str(finished_tiny_run), "--output", str(exported)])
+  torch_model = torchvision.models.resnet18(num_classes=10)
+  torch_model.load_state_dict(torch.load(exported, weights_only=True))
+  counters = [v for k, v in torch_model.state_dict().items() if k.endswith("num_batches_tracked")]
+  assert all(int(c) == th.TINY_STEPS for c in counters)  # A scratch run: 0 + one per step.
+  pixels = np.stack([decode.read_image(p, config.source_image_size) for p in images])
+  inputs = np.asarray(preprocess.preprocess(jax.numpy.asarray(pixels), config))
+  with torch.no_grad():
+    logits = torch_model.eval()(torch.from_numpy(inputs).permute(0, 3, 1, 2)).numpy()
+  top1 = [classes[0][0] for _, classes in predictions]
+  assert top1 == [result["class_names"][i] for i in logits.argmax(-1)]
+
+
+def test_clis_import_without_tensorflow():
+  """As on the usual JAX images: `import tensorflow` fails, and `find_spec` finds nothing."""
+  script = """
+import importlib.machinery, importlib.util, sys
+
+class NoTensorFlow(importlib.machinery.PathFinder):
+  @classmethod
+  def find_spec(cls, name, path=None, target=None):
+    if name.partition(".")[0] == "tensorflow":
+      return None
+    return super().find_spec(name, path, target)
+
+sys.meta_path = [NoTensorFlow if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+assert importlib.util.find_spec("tensorflow") is None
+import jaxresnet.train, jaxresnet.evaluate, jaxresnet.predict
+assert not any(m.partition(".")[0] == "tensorflow" for m in sys.modules), "TensorFlow imported"
+print("ok")
+"""
+  result = th.run([sys.executable, "-c", script])
+  assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]

@@ -1,0 +1,262 @@
+"""scripts/: the CIFAR-10 JPEG builder on a tiny synthetic download, and the benchmarks' pieces.
+
+Nothing here touches the network or times a real model: the builder reads a download made in
+tmp_path, and the benchmark modules are checked on hand-made runners and results.
+"""
+
+import importlib
+import io
+import itertools
+import json
+import pickle
+import sys
+import tarfile
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxresnet import network
+from jaxresnet.data import cifar10_jpeg
+from scripts import bench_report, bench_timing, make_cifar10_jpeg
+
+PER_BATCH = 6  # Images per synthetic batch: 30 train, 6 test.
+# JPEG at quality 75 with 4:2:0 chroma errs by a few levels on smooth images (about 4 on these);
+# a wrong image, a wrong order or a CHW/HWC mix-up errs by 40 or more.
+MAX_MEAN_ABS_DIFF = 8.0
+
+
+def smooth_images(rng: np.random.Generator, n: int) -> np.ndarray:
+  """uint8 [n, 32, 32, 3]: random 4x4 colour grids blown up bilinearly, so JPEG keeps them."""
+  grids = rng.integers(0, 256, (n, 4, 4, 3), np.uint8)
+  return np.stack([np.asarray(Image.fromarray(g).resize((32, 32), Image.BILINEAR)) for g in grids])
+
+
+@pytest.fixture
+def download(tmp_path) -> tuple:
+  """A cifar-10-python.tar.gz pickled as the official one; and its (images, labels) by split."""
+  rng = np.random.default_rng(0)
+  path, expected = tmp_path / "cifar-10-python.tar.gz", {}
+  with tarfile.open(path, "w:gz") as tar:
+    for split, names in make_cifar10_jpeg.BATCHES.items():
+      images, labels = [], []
+      for name in names:
+        batch_images, batch_labels = smooth_images(rng, PER_BATCH), rng.integers(0, 10, PER_BATCH)
+        batch = {
+          b"batch_label": name.encode(),
+          b"labels": batch_labels.tolist(),
+          b"data": batch_images.transpose(0, 3, 1, 2).reshape(PER_BATCH, 3072),  # CHW, as CIFAR.
+          b"filenames": [f"{i}.png".encode() for i in range(PER_BATCH)],
+        }
+        blob = pickle.dumps(batch)
+        info = tarfile.TarInfo(f"{make_cifar10_jpeg.SOURCE_DIR}/{name}")
+        info.size = len(blob)
+        tar.addfile(info, io.BytesIO(blob))
+        images.append(batch_images)
+        labels.append(batch_labels)
+      expected[split] = np.concatenate(images), np.concatenate(labels)
+  return path, expected
+
+
+def test_convert_writes_the_layout_numbered_per_class(download, tmp_path):
+  source, expected = download
+  output = tmp_path / "out" / "cifar10-jpeg.tar.gz"
+  assert make_cifar10_jpeg.convert(source, output) == {"train": 5 * PER_BATCH, "test": PER_BATCH}
+  assert not output.with_name(output.name + ".partial").exists()
+
+  with tarfile.open(output) as tar:
+    members = tar.getmembers()
+    folders = {m.name for m in members if m.isdir()}
+    files = {m.name: tar.extractfile(m).read() for m in members if m.isfile()}
+  top = cifar10_jpeg.TOP_DIR
+  assert folders == {top} | {
+    f"{top}/{split}{suffix}"
+    for split in ("train", "test")
+    for suffix in ["", *(f"/{c}" for c in cifar10_jpeg.CLASSES)]
+  }
+  assert [m.name for m in members] == sorted(m.name for m in members)  # As the shared tarball.
+  wanted = {}  # Member name: (split, position of its source image in the split's batches).
+  for split, (_, labels) in expected.items():
+    for label, class_name in enumerate(cifar10_jpeg.CLASSES):
+      # NNNN counts the class's images in the order the batches hold them.
+      for index, position in enumerate(np.flatnonzero(labels == label)):
+        wanted[cifar10_jpeg.member(split, class_name, index)] = split, position
+  assert set(files) == set(wanted)
+  assert any(name.endswith("/0001.jpg") for name in files)  # Some class numbers past 0.
+  for name, (split, position) in wanted.items():
+    decoded = np.asarray(Image.open(io.BytesIO(files[name])), np.float32)
+    assert decoded.shape == (32, 32, 3)
+    diffs = np.abs(expected[split][0] - decoded).mean(axis=(1, 2, 3))
+    assert diffs[position] < MAX_MEAN_ABS_DIFF, name
+    assert diffs.argmin() == position, f"{name} is closer to another image"
+
+
+def test_output_unpacks_through_cifar10_jpeg(download, tmp_path, monkeypatch):
+  output = tmp_path / "cifar10-jpeg.tar.gz"
+  make_cifar10_jpeg.convert(download[0], output)
+  monkeypatch.setenv(cifar10_jpeg.ENV_VAR, str(output))
+  folder = cifar10_jpeg.unpack(tmp_path / "unpacked", {"train": 1, "test": 0})
+  assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.jpg")) == sorted(
+    f"train/{c}/0000.jpg" for c in {cifar10_jpeg.CLASSES[i] for i in download[1]["train"][1]}
+  )
+
+
+def test_wrong_md5_is_rejected_before_unpickling(download, tmp_path):
+  source, _ = download
+  output = tmp_path / "cifar10-jpeg.tar.gz"
+  with pytest.raises(SystemExit, match=f"md5 .*not {make_cifar10_jpeg.MD5}"):
+    make_cifar10_jpeg.main(["--output", str(output), "--source", str(source)])
+  assert not output.exists()
+  make_cifar10_jpeg.verify_md5(source, make_cifar10_jpeg.md5sum(source))  # Its own md5 passes.
+
+
+def test_offline_download_fails_fast_saying_what_to_do(tmp_path, monkeypatch):
+  monkeypatch.setattr(network, "can_reach", lambda *args, **kwargs: False)
+
+  def no_network(*args, **kwargs):
+    raise AssertionError("tried the network")
+
+  monkeypatch.setattr(urllib.request, "urlretrieve", no_network)
+  start = time.perf_counter()
+  with pytest.raises(SystemExit) as error:
+    make_cifar10_jpeg.main(
+      ["--output", str(tmp_path / "x.tar.gz"), "--download-dir", str(tmp_path)]
+    )
+  assert time.perf_counter() - start < 2
+  message = str(error.value)
+  for part in ("unreachable", make_cifar10_jpeg.URL, make_cifar10_jpeg.MD5, "--source PATH"):
+    assert part in message
+
+
+@pytest.fixture
+def entry_points(monkeypatch) -> dict:
+  """scripts.benchmark and scripts.bench_input, imported as `python -m` does."""
+  # Importing them sets this and prepends the checkout to sys.path: both are undone after.
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  monkeypatch.setattr(sys, "path", list(sys.path))
+  return {name: importlib.import_module(f"scripts.{name}") for name in ("benchmark", "bench_input")}
+
+
+def test_benchmark_finds_the_tarball_through_cifar10_jpeg(entry_points, monkeypatch):
+  benchmark = entry_points["benchmark"]
+  monkeypatch.setenv(cifar10_jpeg.ENV_VAR, "/elsewhere/cifar10-jpeg.tar.gz")
+  args = benchmark.parse_args([])
+  assert args.jpeg_tarball == "/elsewhere/cifar10-jpeg.tar.gz"
+  assert (args.batch_size, args.repeats) == ("32=64,224=16", 5)
+  assert benchmark.per_size(args.batch_size, [32, 224]) == {32: 64, 224: 16}
+
+
+def test_interleaved_rounds_alternate_and_report_the_fastest():
+  calls = []
+  runners = [
+    bench_timing.Runner(name, "train", lambda n, name=name: calls.append((name, n)), {"x": 1})
+    for name in ("a", "b")
+  ]
+  bench_timing.interleaved_rounds(runners, warmup=1, repeats=2, steps_per_round=3, batch_size=4)
+  assert calls == [("a", 1), ("b", 1), ("a", 3), ("b", 3), ("a", 3), ("b", 3)]
+  assert all(len(r.rates) == len(r.cpu_s) == len(r.others) == 2 for r in runners)
+
+  runner = bench_timing.Runner("a", "eval", lambda n: None, {"compile_s": 2.0})
+  runner.rates, runner.cpu_s, runner.others = [1.0, 3.0, 2.0], [0.1, 0.2, 0.3], [0.5, 0.05, 0.2]
+  summary = runner.summary()
+  assert (summary["img_s"], summary["median"], summary["compile_s"]) == (3.0, 2.0, 2.0)
+  assert summary["others_cpu_share_in_fastest"] == 0.05
+  # 10 busy s of 100, 2 of them this process's: others took 8%.
+  assert bench_timing.others_share((10, 100, 1), (20, 200, 3)) == pytest.approx(0.08)
+
+
+def test_bench_input_counts_whole_batches(entry_points):
+  taken = []
+
+  def batches():
+    for i in itertools.count():
+      taken.append(i)
+      yield {"label": np.zeros(4)}
+
+  rate = entry_points["bench_input"].images_per_second(batches(), num_images=10, batch_size=4)
+  assert rate > 0 and len(taken) == 4  # 1 warm-up batch, then ceil(10 / 4) timed ones.
+
+
+def result(framework: str, train: float, eval_: float, e2e: float | None, busy: float) -> dict:
+  row = {
+    "size": 32,
+    "dtype": "float32",
+    "batch_size": 8,
+    "framework": framework,
+    "flops_per_image_xla": 1e9,
+    "train": {
+      "img_s": train,
+      "others_cpu_share_in_fastest": busy,
+      "compile_s": 1.5,
+      "step_memory_mib_xla": 100.0,
+    },
+    "eval": {"img_s": eval_, "others_cpu_share_in_fastest": 0.0},
+  }
+  if e2e is not None:
+    row["e2e"] = {"img_s": e2e}
+  return row
+
+
+META = {
+  "jax_device": "cpu",
+  "cpu": "Test CPU",
+  "cpu_cores_usable": 2,
+  "git_commit": "0123456789abcdef",
+  "git_dirty": True,
+  "date": "2026-01-01",
+}
+
+
+def cells(line: str) -> list[str]:
+  return [cell.strip() for cell in line.split("|")[1:-1]]
+
+
+def test_table_columns_rows_and_ratios():
+  results = [
+    result("jaxresnet", 200.0, 400.0, 100.0, busy=0.02),
+    result("torch", 100.0, 100.0, 50.0, busy=0.0),
+    result("torch_cl", 50.0, 200.0, None, busy=0.0),
+  ]
+  lines = bench_report.format_table(results, META).splitlines()
+  assert lines[0] == (
+    "cpu (Test CPU, 2 cores usable), git 0123456789 (dirty), 2026-01-01; "
+    "other processes used up to 2% of the CPUs during the reported rounds"
+  )
+  start = lines.index(bench_report.TABLE_HEADER)
+  assert cells(lines[start]) == [
+    "size",
+    "dtype",
+    "batch",
+    "framework",
+    "train img/s",
+    "eval img/s",
+    "end-to-end img/s",
+    "compile s",
+    "memory MiB",
+    "train TFLOP/s (MFU)",
+  ]
+  assert [cells(line) for line in lines[start + 2 :]] == [
+    ["32", "float32", "8", "jaxresnet", "200.0", "400.0", "100.0", "1.5", "100", "0.2"],
+    ["32", "float32", "8", "torch", "100.0", "100.0", "50.0", "1.5", "100", "0.1"],
+    ["32", "float32", "8", "torch_cl", "50.0", "200.0", "-", "1.5", "100", "0.05"],
+    ["32", "float32", "8", "**jaxresnet / torch**", "**2.00**", "4.00", "2.00", "", "", ""],
+    ["32", "float32", "8", "**jaxresnet / torch_cl**", "**4.00**", "2.00", "-", "", "", ""],
+  ]
+  results[0]["train"]["others_cpu_share_in_fastest"] = 0.3
+  first = bench_report.format_table(results, META).splitlines()[0]
+  assert first.endswith(
+    "up to 30% of the CPUs during the reported rounds: BUSY MACHINE, rerun on a quiet one"
+  )
+
+
+def test_json_holds_meta_and_results(tmp_path):
+  path = tmp_path / "new" / "bench.json"
+  meta = META | {"loadavg": (0.5, 0.4, 0.3), "data": tmp_path}
+  bench_report.write_json(path, meta, [{"img_s": 1.0}])
+  saved = json.loads(path.read_text())
+  assert saved == {
+    "meta": META | {"loadavg": [0.5, 0.4, 0.3], "data": str(tmp_path)},
+    "results": [{"img_s": 1.0}],
+  }
