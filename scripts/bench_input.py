@@ -1,87 +1,46 @@
 """Host input throughput: jaxresnet's pipeline next to the paper's torchvision DataLoader.
 
-Both read the same CIFAR-10 JPEGs (the first of each class in ../shared/datasets/
-cifar10-jpeg.tar.gz, unpacked into a temporary folder) on the same CPU cores. jaxresnet's host work
-is decoding and batching uint8 images at 32x32 (resizing, flips and normalization run on the
-accelerator); the paper's does it all on the CPU with PIL and hands over float32 at 224x224.
+Both read the same CIFAR-10 JPEGs (the first of each class in the training split of the CIFAR-10
+JPEG tarball, `jaxresnet.data.cifar10_jpeg`: $JPEG_TARBALL, else ../shared/datasets/, unpacked
+into a temporary folder) on the same CPU cores. jaxresnet's host work is decoding and batching
+uint8 images at 32x32 (resizing, flips and normalization run on the accelerator); the paper's does
+it all on the CPU with PIL and hands over float32 at 224x224.
 
-  python -m scripts.bench_input --num_images 5000 --cores 2
+  python -m scripts.bench_input --num_images 5000 --cores 2 --json runs/bench_input.json
 """
 
-import torchvision  # noqa: F401  (before TensorFlow, which jaxresnet.input_pipeline imports)
+# isort: off
+# Before anything that may import TensorFlow (the TFDS source): the other order segfaults.
+import torchvision  # noqa: F401
 
-# isort: split
+# isort: on
 import argparse
+import collections
 import itertools
 import os
-import platform
-import tarfile
+import pathlib
+import sys
 import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import torch
-from torchvision import datasets, transforms
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `configs` and `scripts` are not installed packages.
 
-from configs import default
-from jaxresnet import input_pipeline
+from configs import default  # noqa: E402
+from jaxresnet.data import cifar10_jpeg  # noqa: E402
+from scripts import bench_cases, bench_report  # noqa: E402
+from scripts.bench_timing import timed  # noqa: E402
 
-TARBALL = Path(__file__).resolve().parents[2] / "shared/datasets/cifar10-jpeg.tar.gz"
-
-
-def unpack(num_images: int, out: str) -> Path:
-  """Unpacks num_images training JPEGs, as many per class, into out/cifar10-jpeg/train."""
-  per_class = num_images // 10
-  with tarfile.open(TARBALL) as tar:
-    members = [
-      m
-      for m in tar
-      if m.isfile() and m.name.split("/")[1] == "train" and int(Path(m.name).stem) < per_class
-    ]
-    tar.extractall(out, members=members, filter="data")
-  return Path(out) / "cifar10-jpeg"
+OURS_BYTES, PAPER_BYTES = 32 * 32 * 3, 224 * 224 * 3 * 4  # One image as each hands it over.
 
 
-def images_per_second(batches: Iterator, num_images: int) -> float:
-  """Throughput over num_images, after one warm-up batch (workers and threads starting)."""
+def images_per_second(batches: Iterator, num_images: int, batch_size: int) -> float:
+  """Throughput over num_images (whole batches), after one warm-up batch (workers starting)."""
   next(batches)
-  start, seen = time.perf_counter(), 0
-  while seen < num_images:
-    seen += len(next(batches)["label"])
-  return seen / (time.perf_counter() - start)
-
-
-def jaxresnet_batches(root: Path, batch_size: int) -> Iterator[dict]:
-  config = default.get_config()
-  config.dataset = f"imagefolder:{root}"
-  config.eval_split = "train"  # Only train/ was unpacked.
-  config.batch_size = batch_size
-  return input_pipeline.train_batches(config, input_pipeline.get_info(config))
-
-
-def torchvision_batches(root: Path, batch_size: int, workers: int) -> Iterator[dict]:
-  """The paper's pipeline: PIL transforms in DataLoader worker processes."""
-  config = default.get_config()
-  transform = transforms.Compose(
-    [
-      transforms.Resize(config.image_size),
-      transforms.RandomHorizontalFlip(),
-      transforms.RandomVerticalFlip(),
-      transforms.ToTensor(),
-      transforms.Normalize(config.mean, config.std),
-    ]
-  )
-  loader = torch.utils.data.DataLoader(
-    datasets.ImageFolder(root / "train", transform=transform),
-    batch_size=batch_size,
-    shuffle=True,
-    num_workers=workers,
-    drop_last=True,
-    persistent_workers=workers > 0,
-  )
-  for image, label in itertools.chain.from_iterable(itertools.repeat(loader)):
-    yield {"image": image, "label": label}
+  steps = -(-num_images // batch_size)
+  # A zero-length deque drains the iterator without keeping a batch.
+  _, seconds = timed(lambda: collections.deque(itertools.islice(batches, steps), maxlen=0))
+  return steps * batch_size / seconds
 
 
 def main() -> None:
@@ -90,28 +49,49 @@ def main() -> None:
   parser.add_argument("--batch_size", type=int, default=128)
   available = len(os.sched_getaffinity(0))
   parser.add_argument("--cores", type=int, default=available, help="CPU cores both may use")
+  parser.add_argument("--json", default="", help="Also write the rates and machine info here.")
   args = parser.parse_args()
 
-  # Both pipelines (tf.data's threads, the DataLoader's worker processes) share these cores.
+  # Both pipelines (the decoding threads, the DataLoader's worker processes) share these cores.
   os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cores])
+  meta = bench_report.host_info(args)
+  config = default.get_config()
+  config.batch_size = args.batch_size
+  config.eval_split = "train"  # Only train/ is unpacked.
   with tempfile.TemporaryDirectory() as tmp:
-    root = unpack(args.num_images, tmp)
+    per_class = {"train": args.num_images // len(cifar10_jpeg.CLASSES), "test": 0}
+    root = cifar10_jpeg.unpack(tmp, per_class)
     # The DataLoader first: it forks its workers, safe only before JAX and TF start threads.
     paper = images_per_second(
-      torchvision_batches(root, args.batch_size, workers=args.cores), args.num_images
+      bench_cases.torch_train_batches(root, config, args.cores, pin_memory=False),
+      args.num_images,
+      args.batch_size,
     )
-    ours = images_per_second(jaxresnet_batches(root, args.batch_size), args.num_images)
+    ours = images_per_second(
+      bench_cases.jax_train_batches(config, root), args.num_images, args.batch_size
+    )
+  meta["loadavg_end"] = os.getloadavg()
 
-  ours_bytes, paper_bytes = 32 * 32 * 3, 224 * 224 * 3 * 4
   print(
-    f"{platform.processor() or platform.machine()}, {args.cores} of {available} cores (1-min load "
-    f"average {os.getloadavg()[0]:.1f}), {args.num_images} CIFAR-10 JPEGs, batch {args.batch_size}"
+    f"{meta['cpu']}, {args.cores} of {available} cores (1-min load average "
+    f"{meta['loadavg_end'][0]:.1f}), {args.num_images} CIFAR-10 JPEGs, batch {args.batch_size}, "
+    f"{bench_report.git_label(meta)}"
   )
-  print(f"{'pipeline':<60} {'images/s':>9} {'bytes/image out':>16}")
-  print(f"{'jaxresnet: tf.data decode + batch, uint8 32x32':<60} {ours:>9,.0f} {ours_bytes:>16,}")
   paper_name = f"torchvision: DataLoader, {args.cores} workers, PIL, float32 224x224"
-  print(f"{paper_name:<60} {paper:>9,.0f} {paper_bytes:>16,}")
-  print(f"{'ratio':<60} {ours / paper:>8.1f}x {paper_bytes / ours_bytes:>15.0f}x")
+  results = [
+    {
+      "pipeline": "jaxresnet: PIL decode in threads + batch, uint8 32x32",
+      "img_s": ours,
+      "bytes_per_image": OURS_BYTES,
+    },
+    {"pipeline": paper_name, "img_s": paper, "bytes_per_image": PAPER_BYTES},
+  ]
+  print(f"{'pipeline':<60} {'images/s':>9} {'bytes/image out':>16}")
+  for row in results:
+    print(f"{row['pipeline']:<60} {row['img_s']:>9,.0f} {row['bytes_per_image']:>16,}")
+  print(f"{'ratio':<60} {ours / paper:>8.1f}x {PAPER_BYTES / OURS_BYTES:>15.0f}x")
+  if args.json:
+    bench_report.write_json(args.json, meta, results)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@
 # jax[cuda13]), flax, optax, orbax-checkpoint, clu, ml_collections, tensorflow-cpu,
 # tensorflow-datasets, pillow, torch (CUDA build) and torchvision, e.g. a venv made on a machine
 # with a network from `pip install -c constraints.txt -e '.[gpu]'` and carried over.
-# The JPEGs: $JPEG_TARBALL, else ../shared/datasets/ or shared/datasets/cifar10-jpeg.tar.gz
-# (a .tar.gz or an unpacked folder); without them the end-to-end column stays empty.
+# The JPEGs: $JPEG_TARBALL, else ../shared/datasets/ (both as jaxresnet/data/cifar10_jpeg.py
+# looks) or shared/datasets/cifar10-jpeg.tar.gz (where a lent machine's checkout has them); a
+# .tar.gz or an unpacked folder. Without them the end-to-end column stays empty.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,17 +1,19 @@
 """The paper's recipe in PyTorch: torchvision ResNet-18, PIL transforms, DataLoader, SGD or Adam.
 
 The side-by-side baseline for jaxresnet's speed and accuracy. `scripts/benchmark.py` imports the
-pieces below (`create_model`, `create_optimizer`, `train_step`, `eval_step`, `create_loaders`),
-so the benchmark times exactly the step this script trains with.
+pieces below (`create_model`, `create_optimizer`, `train_step`, `eval_step`, `image_folder`,
+`create_loader`), so the benchmark times exactly the step and input this script trains with.
 
-    python scripts/torch_reference.py --data ../shared/datasets/cifar10-jpeg.tar.gz \
+    python scripts/torch_reference.py --data cifar10-jpeg \
         --optimizer sgd --weights IMAGENET1K_V1 --epochs 30 --json runs/torch_sgd.json
 
-`--data` is `cifar10` (torchvision's download), a folder with `train/<class>/` and
-`test/<class>/` image folders, or a `.tar.gz` of such a folder (unpacked into a temporary
-directory). The optimizer's defaults are the paper's: SGD lr 0.001, momentum 0.9, weight decay
-1e-4 (reported 94.98% test accuracy); Adam lr 0.01, betas (0.9, 0.999), eps 1e-8, no weight
-decay (91.43%). Batch 128 and 30 epochs as in `configs/sgd.py` (the paper gives neither).
+`--data` is `cifar10` (torchvision's download), `cifar10-jpeg` (the CIFAR-10 JPEG tarball that
+jaxresnet trains on, found by `jaxresnet.data.cifar10_jpeg`: $JPEG_TARBALL, else
+../shared/datasets/), a folder with `train/<class>/` and `test/<class>/` image folders, or a
+`.tar.gz` of such a folder (tarballs are unpacked into a temporary directory). The optimizer's
+defaults are the paper's: SGD lr 0.001, momentum 0.9, weight decay 1e-4 (reported 94.98% test
+accuracy); Adam lr 0.01, betas (0.9, 0.999), eps 1e-8, no weight decay (91.43%). Batch 128 and
+30 epochs as in `configs/sgd.py` (the paper gives neither).
 `--weights ""` trains from scratch; without a network, `IMAGENET1K_V1` needs the file in torch's
 hub cache, or pass a state-dict path.
 """
@@ -28,28 +30,15 @@ import time
 import torch
 import torchvision
 from torch import nn
-from torchvision import transforms
 
-MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as torchvision's weights expect.
-STD = (0.229, 0.224, 0.225)
+from convert.transforms import paper_transform
+from jaxresnet.data import cifar10_jpeg
+
 PAPER_OPTIMIZERS = {
   "sgd": {"lr": 0.001, "momentum": 0.9, "weight_decay": 1e-4},
   "adam": {"lr": 0.01, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
 }
 AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16}
-
-
-def create_transform(image_size: int, train: bool) -> transforms.Compose:
-  """The paper's transforms: resize (PIL bilinear), random flips for training, normalize."""
-  flips = [transforms.RandomHorizontalFlip(), transforms.RandomVerticalFlip()] if train else []
-  return transforms.Compose(
-    [
-      transforms.Resize(image_size),
-      *flips,
-      transforms.ToTensor(),
-      transforms.Normalize(MEAN, STD),
-    ]
-  )
 
 
 def unpack(tarball: str, into: str) -> pathlib.Path:
@@ -65,27 +54,53 @@ def unpack(tarball: str, into: str) -> pathlib.Path:
 
 
 def create_datasets(data: str, image_size: int, root: str) -> tuple:
-  """(train, test) datasets: torchvision's CIFAR-10, or an image folder (a .tar.gz is unpacked)."""
-  train_tf, test_tf = create_transform(image_size, True), create_transform(image_size, False)
+  """(train, test) datasets: torchvision's CIFAR-10, or an image folder (tarballs unpacked)."""
   if data == "cifar10":
     cifar = torchvision.datasets.CIFAR10
     return (
-      cifar(root, train=True, download=True, transform=train_tf),
-      cifar(root, train=False, download=True, transform=test_tf),
+      cifar(root, train=True, download=True, transform=paper_transform(image_size, train=True)),
+      cifar(root, train=False, download=True, transform=paper_transform(image_size)),
     )
-  folder = unpack(data, root) if data.endswith((".tar.gz", ".tgz")) else pathlib.Path(data)
-  image_folder = torchvision.datasets.ImageFolder
-  return image_folder(folder / "train", train_tf), image_folder(folder / "test", test_tf)
+  if data == "cifar10-jpeg":
+    folder = cifar10_jpeg.unpack(root)
+  elif data.endswith((".tar.gz", ".tgz")):
+    folder = unpack(data, root)
+  else:
+    folder = pathlib.Path(data)
+  return image_folder(folder, "train", image_size), image_folder(folder, "test", image_size)
+
+
+def image_folder(
+  folder: pathlib.Path, split: str, image_size: int
+) -> torchvision.datasets.ImageFolder:
+  """The `folder/split/<class>/` images with the paper's transforms (random flips for "train")."""
+  return torchvision.datasets.ImageFolder(
+    folder / split, paper_transform(image_size, train=split == "train")
+  )
+
+
+def create_loader(
+  dataset, batch_size: int, workers: int, pin_memory: bool = False, train: bool = False
+) -> torch.utils.data.DataLoader:
+  """Training: shuffled, the incomplete last batch dropped (as jaxresnet does); eval: in order."""
+  return torch.utils.data.DataLoader(
+    dataset,
+    batch_size,
+    shuffle=train,
+    drop_last=train,
+    num_workers=workers,
+    pin_memory=pin_memory,
+    persistent_workers=workers > 0,
+  )
 
 
 def create_loaders(
   train_set, test_set, batch_size: int, workers: int, pin_memory: bool = False
 ) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
-  """Shuffled training batches (incomplete last batch dropped, as jaxresnet does) and eval ones."""
-  common = {"num_workers": workers, "pin_memory": pin_memory, "persistent_workers": workers > 0}
+  """Training and eval loaders, as `create_loader`."""
   return (
-    torch.utils.data.DataLoader(train_set, batch_size, shuffle=True, drop_last=True, **common),
-    torch.utils.data.DataLoader(test_set, batch_size, shuffle=False, **common),
+    create_loader(train_set, batch_size, workers, pin_memory, train=True),
+    create_loader(test_set, batch_size, workers, pin_memory),
   )
 
 
@@ -201,7 +216,9 @@ def train_and_evaluate(args: argparse.Namespace) -> list[dict]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--data", default="cifar10", help="cifar10, an image folder, or a .tar.gz")
+  parser.add_argument(
+    "--data", default="cifar10", help="cifar10, cifar10-jpeg, an image folder, or a .tar.gz"
+  )
   parser.add_argument("--data-root", default="", help="Where cifar10/tarballs go (default: tmp).")
   parser.add_argument("--optimizer", default="sgd", choices=sorted(PAPER_OPTIMIZERS))
   parser.add_argument("--lr", type=float, default=None, help="Default: the paper's.")
