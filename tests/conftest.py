@@ -7,10 +7,12 @@ segfaults, because the two ship clashing LLVMs. pytest imports this file first.
 import torchvision  # noqa: F401  (import order matters, see above)
 
 # isort: split
+import logging
 from pathlib import Path
 
 import pytest
 
+from jaxresnet import train
 from jaxresnet.data import cifar10_jpeg
 from tests import torch_utils, train_helpers
 
@@ -56,6 +58,37 @@ def exact_matmuls():
 def cifar_root(cifar_jpeg_root) -> Path:
   """The real-data folder of the training tests (train_helpers.TRAIN_PER_CLASS per class)."""
   return cifar_jpeg_root(train_helpers.TRAIN_PER_CLASS, train_helpers.TEST_PER_CLASS)
+
+
+class _InfoLines(logging.Handler):
+  def __init__(self):
+    super().__init__(logging.INFO)
+    self.lines = []
+
+  def emit(self, record: logging.LogRecord) -> None:
+    if record.levelno == logging.INFO:
+      self.lines.append(record.getMessage())
+
+
+@pytest.fixture(scope="session")
+def mock_run(tmp_path_factory):
+  """A finished 2-epoch run in process on mocked TFDS CIFAR-10 (`train_helpers.mock_config`).
+
+  Returns (workdir, results, the INFO lines it logged, config).
+  """
+  root = tmp_path_factory.mktemp("mock_run")
+  config = train_helpers.mock_config(root / "tfds")
+  handler, logger = _InfoLines(), logging.getLogger("absl")
+  level = logger.level
+  logger.addHandler(handler)
+  logger.setLevel(logging.INFO)
+  try:
+    with train_helpers.mocked_cifar10():
+      results = train.train_and_evaluate(config, str(root / "run"))
+  finally:
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+  return root / "run", results, handler.lines, config
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,6 @@ from PIL import Image
 from configs import sgd
 from convert import flax_to_torch, torch_to_flax, transforms
 from jaxresnet import evaluate, models, parallel, predict, preprocess, train
-from jaxresnet import workdir as workdir_lib
 from jaxresnet.data import dataset as dataset_lib
 from jaxresnet.data import decode
 from tests import torch_utils
@@ -72,25 +71,26 @@ def test_converted_weights_predict_like_torchvision_before_training(
   assert computed["loss"] == pytest.approx(torch_loss, rel=1e-4)
 
 
-def test_evaluate_predict_and_export_agree_with_training(finished_tiny_run, cifar_root, tmp_path):
+def test_evaluate_predict_and_export_agree_with_training(mock_run, cifar_jpeg_subset, tmp_path):
   """evaluate reproduces the last epoch's test accuracy; the model exported to torchvision
   predicts what `predict` predicts, on real test images."""
-  result = evaluate.evaluate_checkpoint(finished_tiny_run, "latest", None)
-  last = workdir_lib.last_epoch_results(finished_tiny_run)
-  assert result["step"] == th.TINY_STEPS
-  assert result["accuracy"] == pytest.approx(last["test/accuracy"], abs=1e-6)
-  config = workdir_lib.load_config(finished_tiny_run)
-  num_eval = int(config.eval_split.removeprefix("test[:").removesuffix("]"))
-  assert int(result["confusion_matrix"].sum()) == num_eval  # Each image once.
+  workdir, results, _, config = mock_run
+  with th.mocked_cifar10():
+    result = evaluate.evaluate_checkpoint(workdir, "latest", None)
+  steps = 2 * th.MOCK_STEPS_PER_EPOCH
+  assert result["step"] == steps and result["split"] == "test"
+  assert result["accuracy"] == pytest.approx(results["test/accuracy"], abs=1e-6)
+  assert result["loss"] == pytest.approx(results["test/loss"], rel=1e-6)
+  assert int(result["confusion_matrix"].sum()) == th.MOCK_EXAMPLES  # Each image once.
 
-  images = sorted((cifar_root / "test").glob("*/000[0-2].jpg"))
-  predictions = predict.predict(finished_tiny_run, images)
+  images = sorted((cifar_jpeg_subset / "test").glob("*/000[0-2].jpg"))
+  predictions = predict.predict(workdir, images)
   exported = tmp_path / "model.pt"
-  flax_to_torch.main(["--input", str(finished_tiny_run), "--output", str(exported)])
+  flax_to_torch.main(["--input", str(workdir), "--output", str(exported)])
   torch_model = torchvision.models.resnet18(num_classes=10)
   torch_model.load_state_dict(torch.load(exported, weights_only=True))
   counters = [v for k, v in torch_model.state_dict().items() if k.endswith("num_batches_tracked")]
-  assert all(int(c) == th.TINY_STEPS for c in counters)  # A scratch run: 0 + one per step.
+  assert all(int(c) == steps for c in counters)  # A scratch run: 0 + one per step.
   pixels = np.stack([decode.read_image(p, config.source_image_size) for p in images])
   inputs = np.asarray(preprocess.preprocess(jax.numpy.asarray(pixels), config))
   with torch.no_grad():

@@ -34,7 +34,11 @@ def random_variables(arch: str, num_classes: int) -> dict:
 
 
 @pytest.mark.parametrize(
-  ("arch", "num_classes"), [("resnet18", 10), ("resnet34", 7), ("resnet50", 1000)]
+  ("arch", "num_classes"),
+  [
+    ("resnet18", 10),
+    *(pytest.param(*a, marks=pytest.mark.slow) for a in [("resnet34", 7), ("resnet50", 1000)]),
+  ],
 )
 def test_round_trip_is_bit_for_bit(arch, num_classes, tmp_path):
   model = torch_utils.randomized_torchvision(arch, num_classes)
@@ -68,6 +72,7 @@ def test_missing_counters_count_from_zero(arch, last_bn):
   assert int(state_dict[f"{last_bn}.num_batches_tracked"]) == 0 + 2
 
 
+@pytest.mark.slow
 def test_exported_fine_tuned_model_gives_flax_logits(tmp_path):
   torch_model = torch_utils.randomized_torchvision("resnet18")
   variables = torch_utils.convert_with_cli(torch_model, tmp_path, "resnet18", "--num-classes", "10")

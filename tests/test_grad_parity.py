@@ -71,6 +71,7 @@ def grads(tmp_path_factory) -> dict:
   return result
 
 
+@pytest.mark.slow
 def test_float64_gradients_equal_torch(grads):
   errors = torch_utils.relative_errors({"params": grads["jax64"]}, grads["torch64"])
   assert set(errors) == set(grads["torch64"])  # Every parameter, and no other.
@@ -79,6 +80,7 @@ def test_float64_gradients_equal_torch(grads):
   assert errors[worst] <= 1e-10, worst
 
 
+@pytest.mark.slow
 def test_float32_gradients_near_float64(grads):
   exact = grads["torch64"]
   jax_errors = torch_utils.relative_errors({"params": grads["jax32"]}, exact)

@@ -6,6 +6,7 @@ convolution implementations summing ~10^4 products in different orders: ~1e-7 pe
 accumulated over 20-50 layers, stays well under 1e-4 of the largest activation.
 """
 
+import copy
 import time
 
 import jax
@@ -29,6 +30,22 @@ def inputs() -> torch.Tensor:
   return torch_utils.parity_inputs(num_real=4, num_noise=4)
 
 
+@pytest.fixture(scope="module")
+def converted_resnet18(tmp_path_factory) -> tuple[torch.nn.Module, dict]:
+  """torchvision's resnet18 with randomised BatchNorm, converted through the CLI once."""
+  torch_model = torch_utils.randomized_torchvision("resnet18")
+  return torch_model, torch_utils.convert_with_cli(
+    torch_model, tmp_path_factory.mktemp("r18"), "resnet18"
+  )
+
+
+@pytest.fixture
+def resnet18(converted_resnet18) -> tuple[torch.nn.Module, dict]:
+  """A fresh copy of that torch model (train mode changes its statistics) and its variables."""
+  torch_model, variables = converted_resnet18
+  return copy.deepcopy(torch_model), variables
+
+
 def flax_outputs(arch, variables, images, dtype=jnp.float32, train=False):
   model = models.create_model(arch, variables["params"]["fc"]["bias"].shape[0], dtype)
   logits, state = model.apply(
@@ -39,7 +56,12 @@ def flax_outputs(arch, variables, images, dtype=jnp.float32, train=False):
   return {"logits": logits, **outputs}, state.get("batch_stats")
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50"])
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+  "arch", ["resnet18", pytest.param("resnet34", marks=SLOW), pytest.param("resnet50", marks=SLOW)]
+)
 def test_eval_float32_matches_torchvision_per_stage(arch, inputs, tmp_path):
   torch_model = torch_utils.randomized_torchvision(arch)
   variables = torch_utils.convert_with_cli(torch_model, tmp_path, arch)
@@ -80,12 +102,12 @@ def assert_train_parity(arch, torch_model, variables, images, dtype, tolerance):
     assert torch_utils.relative_error(value, torch_value) <= tolerance, path
 
 
-def test_train_float32_matches_torchvision(inputs, tmp_path):
-  torch_model = torch_utils.randomized_torchvision("resnet18")
-  variables = torch_utils.convert_with_cli(torch_model, tmp_path, "resnet18")
+def test_train_float32_matches_torchvision(inputs, resnet18):
+  torch_model, variables = resnet18
   assert_train_parity("resnet18", torch_model, variables, inputs, jnp.float32, 1e-5)
 
 
+@pytest.mark.slow  # test_small_inputs_are_exact_in_float64 proves the same, faster.
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 def test_float64_is_exact(arch, inputs, tmp_path):
   torch_model = torch_utils.randomized_torchvision(arch).double()
@@ -115,12 +137,12 @@ def test_small_inputs_are_exact_in_float64(tmp_path):
     assert_train_parity("resnet18", torch_model, variables, images, jnp.float64, 1e-10)
 
 
-def test_odd_input_size_keeps_torch_shapes(tmp_path):
+@pytest.mark.slow  # The fast tier checks every stage's shape at 32x32 (small inputs).
+def test_odd_input_size_keeps_torch_shapes(resnet18):
   """97x97: 'SAME' padding would give 49x49 after the stem conv, torch's pad 3 gives 49 too,
   but the pool and later strides differ; every stage must match torch's shape and values."""
   images = torch_utils.parity_inputs(num_real=2, num_noise=2, size=97)
-  torch_model = torch_utils.randomized_torchvision("resnet18")
-  variables = torch_utils.convert_with_cli(torch_model, tmp_path, "resnet18")
+  torch_model, variables = resnet18
   expected = torch_utils.stage_outputs(torch_model, images)
   actual, _ = flax_outputs("resnet18", variables, images)
   for key in ("logits", *STAGES):
@@ -129,11 +151,10 @@ def test_odd_input_size_keeps_torch_shapes(tmp_path):
     assert diff <= 1e-4 * max(1.0, np.abs(expected[key]).max()), key
 
 
-def test_bfloat16_compute_stays_close(inputs, tmp_path):
+def test_bfloat16_compute_stays_close(inputs, resnet18):
   """bf16 has an 8-bit mantissa (~4e-3 per rounding): 2e-2 relative leaves room for ~20
   layers of it; the prototype measured ~5e-3."""
-  torch_model = torch_utils.randomized_torchvision("resnet18")
-  variables = torch_utils.convert_with_cli(torch_model, tmp_path, "resnet18")
+  _, variables = resnet18
   f32, _ = flax_outputs("resnet18", variables, inputs)
   bf16, _ = flax_outputs("resnet18", variables, inputs, dtype=jnp.bfloat16)
   assert bf16["logits"].dtype == jnp.float32  # Logits come back in float32 for the loss.

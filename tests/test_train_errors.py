@@ -45,15 +45,17 @@ def test_batch_size_not_divisible_by_devices_fails_before_writing(cifar_root, tm
   assert not workdir.exists()
 
 
-def test_workdir_of_another_model_is_refused_untouched(finished_tiny_run, cifar_root):
-  before = th.snapshot(finished_tiny_run)
-  config = th.quick_config(cifar_root, **th.TINY, model="resnet34")
-  with pytest.raises(ValueError) as raised:
-    train.train_and_evaluate(config, str(finished_tiny_run))
+def test_workdir_of_another_model_is_refused_untouched(mock_run):
+  workdir, _, _, config = mock_run
+  before = th.snapshot(workdir)
+  other = config.copy_and_resolve_references()
+  other.model = "resnet34"
+  with th.mocked_cifar10(), pytest.raises(ValueError) as raised:
+    train.train_and_evaluate(other, str(workdir))
   message = str(raised.value)
   assert "model: checkpoint 'resnet18' vs config 'resnet34'" in message
   assert "Use a new --workdir" in message and "nothing was overwritten" in message
-  assert th.snapshot(finished_tiny_run) == before
+  assert th.snapshot(workdir) == before
 
 
 @pytest.mark.slow
@@ -62,8 +64,8 @@ def test_divergence_stops_with_step_range_and_keeps_good_checkpoints(
 ):
   """Resumes the finished run for a third epoch at lr 1e6, logging every 10 steps as quick.py.
 
-  The state turns NaN at step 43 here. The loop must notice by the mid-epoch checkpoint at step
-  45 (before saving it), not wait for the log at step 50.
+  The state turns NaN within steps 21-25 here. The loop must notice by the mid-epoch checkpoint at
+  step 25 (before saving it), not wait for the log at step 30.
   """
   workdir = tmp_path / "diverged"
   shutil.copytree(finished_tiny_run, workdir)

@@ -2,24 +2,22 @@
 
 - Learning: `configs/quick.py` through the CLI, from scratch on real CIFAR-10 JPEGs, beats chance
   (10%) by far on 2,000 real test images, and leaves its checkpoints, metrics and figures.
-- A smoke test in process, on `tfds.testing.mock_data`: the records, TensorBoard panels and
-  console lines of a run.
+- A smoke test in process, on `tfds.testing.mock_data` (the `mock_run` fixture, conftest.py):
+  the records, TensorBoard panels and console lines of a run.
 - What a person sees: one line per log step and per epoch, no other library's INFO lines.
 """
 
 import json
-import logging
 import re
 import time
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import quick
-from jaxresnet import figures, network, optimizers, train
+from jaxresnet import figures, optimizers
 from jaxresnet.data import cifar10_jpeg
 from tests import train_helpers as th
 
@@ -74,40 +72,6 @@ def test_quick_config_learns_real_cifar10_from_scratch(cifar_root, tmp_path):
   assert steps == list(range(10, config.num_epochs * steps_per_epoch + 1, 10))
 
 
-class _Lines(logging.Handler):
-  def __init__(self):
-    super().__init__(logging.INFO)
-    self.lines = []
-
-  def emit(self, record: logging.LogRecord) -> None:
-    if record.levelno == logging.INFO:
-      self.lines.append(record.getMessage())
-
-
-@pytest.fixture(scope="module")
-def mock_run(tmp_path_factory):
-  """A 2-epoch run in process on mocked TFDS CIFAR-10 (24 images, 3 steps of 8 per epoch).
-
-  Returns the workdir, the results, the INFO lines logged, and the config.
-  """
-  root = tmp_path_factory.mktemp("mock_run")
-  config = quick.get_config()
-  config.update(dataset="cifar10", data_dir=str(root / "tfds"), train_split="train",
-                image_size=32, batch_size=8, eval_batch_size=16, log_every_steps=2)  # fmt: skip
-  handler, logger = _Lines(), logging.getLogger("absl")
-  level = logger.level
-  logger.addHandler(handler)
-  logger.setLevel(logging.INFO)
-  try:
-    with pytest.MonkeyPatch.context() as patch, tfds.testing.mock_data(num_examples=24):
-      patch.setattr(network, "can_reach", lambda host, port: True)  # The mock downloads nothing.
-      results = train.train_and_evaluate(config, str(root / "run"))
-  finally:
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-  return root / "run", results, handler.lines, config
-
-
 def test_smoke_in_process_on_mocked_tfds(mock_run):
   workdir, results, _, config = mock_run
   assert set(results) == {"train_epoch/loss", "train_epoch/accuracy", "test/loss", "test/accuracy"}
@@ -119,7 +83,7 @@ def test_smoke_in_process_on_mocked_tfds(mock_run):
   # Logged every 2 steps and at each epoch's end (where the loop also checks for NaN).
   assert [r["step"] for r in steps] == [2, 3, 4, 6]
   # The rate the step's update used: quick.py's cosine decay at the update's count (step - 1).
-  schedule = optimizers.create_learning_rate(config, steps_per_epoch=3)
+  schedule = optimizers.create_learning_rate(config, th.MOCK_STEPS_PER_EPOCH)
   for record in steps:
     assert record["lr"] == pytest.approx(float(schedule(record["step"] - 1)), rel=1e-6)
     assert record["train/images_per_sec"] > 0
@@ -140,6 +104,7 @@ def test_console_shows_one_line_per_log_step_and_epoch(mock_run):
   assert sum("loss" in line for line in lines) == len(step_lines) + len(epoch_lines)
 
 
+@pytest.mark.slow  # The run is the resume test's reference.
 def test_cli_logs_no_library_chatter(finished_tiny_run):
   """Only jaxresnet's INFO lines; TensorFlow's C++ INFO line would show it had been imported."""
   stderr = (finished_tiny_run.parent / "stderr.txt").read_text()

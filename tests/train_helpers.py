@@ -1,17 +1,22 @@
 """What the training tests share: tiny runs through the CLI or in process, and reading workdirs."""
 
+import contextlib
 import hashlib
 import json
 import os
 import pathlib
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
 
 from configs import quick
+from jaxresnet import network
 from jaxresnet import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -20,14 +25,14 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # the standard deviation of a measured accuracy is at most 1.1 points (0.67 at chance, 10%).
 TRAIN_PER_CLASS, TEST_PER_CLASS = 300, 200
 
-# A tiny run for the resume and error tests: 20 steps of 8 images per epoch, 2 epochs, a
+# A tiny run for the resume and error tests: 10 steps of 8 images per epoch, 2 epochs, a
 # checkpoint every 5 steps, train metrics logged (and checked for NaN) at every step. SGD with
 # momentum (the paper's optimizer) and quick.py's warmup + cosine schedule, whose step count is
 # part of the state.
 TINY = {
   "optimizer": "sgd",
   "learning_rate": 0.01,
-  "train_split": "train[:160]",
+  "train_split": "train[:80]",
   "eval_split": "test[:100]",
   "source_image_size": 16,
   "image_size": 32,
@@ -37,7 +42,26 @@ TINY = {
   "checkpoint_every_steps": 5,
   "log_every_steps": 1,
 }
-TINY_STEPS = 40
+TINY_STEPS = 20
+
+# The in-process run on mocked TFDS CIFAR-10: 24 images, 3 steps of 8 per epoch, 2 epochs.
+MOCK_EXAMPLES = 24
+MOCK_STEPS_PER_EPOCH = 3
+
+
+def mock_config(data_dir: pathlib.Path, **overrides) -> ml_collections.ConfigDict:
+  config = quick.get_config()
+  config.update(dataset="cifar10", data_dir=str(data_dir), train_split="train", image_size=32,
+                batch_size=8, eval_batch_size=16, log_every_steps=2, **overrides)  # fmt: skip
+  return config
+
+
+@contextlib.contextmanager
+def mocked_cifar10() -> Iterator[None]:
+  """TFDS CIFAR-10 replaced by `tfds.testing.mock_data` (the same images at every use)."""
+  with pytest.MonkeyPatch.context() as patch, tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    patch.setattr(network, "can_reach", lambda host, port: True)  # The mock downloads nothing.
+    yield
 
 
 def train_command(workdir: pathlib.Path, root: pathlib.Path, overrides: dict) -> list[str]:
