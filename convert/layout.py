@@ -4,7 +4,8 @@ The Flax modules carry torchvision's names, so a path maps to a key word for wor
 leaf names and the array layouts differ, and both are listed here, once, for both directions.
 """
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -48,6 +49,11 @@ def to_torch(path: Path, array: np.ndarray) -> np.ndarray:
   return array
 
 
+def torch_shape(path: Path, shape: Sequence[int]) -> tuple[int, ...]:
+  """The shape `to_torch` gives a Flax variable of `shape` (nothing is allocated)."""
+  return to_torch(path, np.broadcast_to(np.empty((), np.uint8), shape)).shape
+
+
 def variable_shapes(arch: str, num_classes: int) -> dict[Path, tuple[int, ...]]:
   """Every variable of the model, in Flax layout, without computing anything."""
   model = models.create_model(arch, num_classes)
@@ -72,11 +78,19 @@ def unflatten(leaves: dict[Path, object]) -> dict:
   return tree
 
 
-def guess_arch(keys: set[str]) -> str | None:
-  """The architecture whose keys a state dict holds (ignoring the head), if any."""
-  body = {k for k in keys if not k.startswith("fc.") and not k.endswith(COUNTER)}
-  for arch in models.MODELS:
-    expected = {torch_key(p) for p in variable_shapes(arch, 1000)}
-    if body == {k for k in expected if not k.startswith("fc.")}:
-      return arch
-  return None
+@functools.cache
+def _body_shapes(arch: str) -> dict[str, tuple[int, ...]]:
+  """torch key -> torch shape of every variable but the head's; traced once per arch."""
+  shapes = variable_shapes(arch, 1000)
+  return {torch_key(p): torch_shape(p, s) for p, s in shapes.items() if p[1] != "fc"}
+
+
+def guess_arch(shapes: Mapping[str, Sequence[int]]) -> str | None:
+  """The architecture a state dict's keys and shapes (torch key -> shape) are, head aside.
+
+  Shapes, not only keys: resnet50, resnext50_32x4d and wide_resnet50_2 have the same keys.
+  """
+  body = {
+    k: tuple(s) for k, s in shapes.items() if not k.startswith("fc.") and not k.endswith(COUNTER)
+  }
+  return next((arch for arch in models.MODELS if _body_shapes(arch) == body), None)

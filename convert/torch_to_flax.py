@@ -16,7 +16,6 @@ import shutil
 import sys
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 import torchvision
 
@@ -52,20 +51,25 @@ def read_torch_checkpoint(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
   return dict(obj)
 
 
-def download_weights(arch: str, name: str) -> tuple[dict[str, torch.Tensor], pathlib.Path]:
-  """torchvision's published weights (downloaded once into torch.hub's cache) and their file."""
-  try:
-    weights = torchvision.models.get_model_weights(arch)[name]
-  except KeyError:
-    options = [w.name for w in torchvision.models.get_model_weights(arch)]
+def torchvision_weights(arch: str, name: str) -> torchvision.models.WeightsEnum:
+  """torchvision's weights of `arch` by enum name ("IMAGENET1K_V2") or "DEFAULT" (resolved)."""
+  enum = torchvision.models.get_model_weights(arch)
+  if name not in enum.__members__:
     raise ValueError(
-      f"torchvision has no {arch} weights {name!r}; choose one of {options}."
-    ) from None
+      f"torchvision has no {arch} weights {name!r}; choose one of {list(enum.__members__)}."
+    )
+  return enum[name]
+
+
+def download_weights(
+  arch: str, weights: torchvision.models.WeightsEnum
+) -> tuple[dict[str, torch.Tensor], pathlib.Path]:
+  """torchvision's published weights (downloaded once into torch.hub's cache) and their file."""
   file = pathlib.Path(torch.hub.get_dir()) / "checkpoints" / pathlib.Path(weights.url).name
   if not file.is_file():
     network.check_reachable(
       weights.url,
-      f"torchvision's {arch} {name} weights",
+      f"torchvision's {arch} {weights.name} weights",
       f"Download {weights.url} on a machine with a network and pass it with "
       f"--torch-checkpoint FILE (or place it at {file}).",
     )
@@ -94,7 +98,7 @@ def convert_state_dict(
 
   Args:
     state_dict: torchvision ResNet weights (tensors, any float dtype, which is kept).
-    arch: "resnet18", "resnet34" or "resnet50".
+    arch: torchvision's name, a key of `models.MODELS`.
     num_classes: the head's size; None keeps the checkpoint's, another gives a fresh head.
     seed: torch seed of the fresh head.
   Returns:
@@ -113,15 +117,14 @@ def convert_state_dict(
       continue
     array = layout.to_flax(path, state_dict[key].detach().cpu().numpy())
     if array.shape != shape:
-      torch_shape = tuple(state_dict[key].shape)
       mismatched.append(
-        f"{key}: {torch_shape}, expected {layout.to_torch(path, np.empty(shape)).shape}"
+        f"{key}: {tuple(state_dict[key].shape)}, expected {layout.torch_shape(path, shape)}"
       )
     leaves[path] = array
   used = {layout.torch_key(p) for p in leaves}
   unexpected = sorted(k for k in state_dict if k not in used and not k.endswith(layout.COUNTER))
   if missing or unexpected or mismatched:
-    guess = layout.guess_arch(set(state_dict))
+    guess = layout.guess_arch({k: v.shape for k, v in state_dict.items()})
     hint = f" It looks like a {guess} state dict: pass --arch {guess}." if guess else ""
     raise ValueError(
       f"The state dict does not match torchvision's {arch} with {num_classes} classes.{hint}\n"
@@ -157,9 +160,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     description=__doc__,
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
-  parser.add_argument("--arch", default="resnet18", choices=sorted(models.MODELS))
+  parser.add_argument("--arch", default="resnet18", choices=list(models.MODELS))
   source = parser.add_mutually_exclusive_group()
-  source.add_argument("--weights", help="torchvision weights name (default IMAGENET1K_V1)")
+  source.add_argument(
+    "--weights", help="a torchvision weights name of --arch, or DEFAULT (default IMAGENET1K_V1)"
+  )
   source.add_argument("--torch-checkpoint", type=pathlib.Path, help="a torch.save'd state dict")
   parser.add_argument("--num-classes", type=int, help="head size; default: the checkpoint's")
   parser.add_argument("--seed", type=int, default=0, help="torch seed of a fresh head")
@@ -183,9 +188,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     state_dict, file = read_torch_checkpoint(args.torch_checkpoint), args.torch_checkpoint
     source = str(file.absolute())
   else:
-    name = args.weights or "IMAGENET1K_V1"
-    state_dict, file = download_weights(args.arch, name)
-    source = f"torchvision:{args.arch}:{name}"
+    weights = torchvision_weights(args.arch, args.weights or "IMAGENET1K_V1")
+    state_dict, file = download_weights(args.arch, weights)
+    source = f"torchvision:{args.arch}:{weights.name}"
   variables = convert_state_dict(state_dict, args.arch, args.num_classes, args.seed)
   num_classes = variables["params"]["fc"]["bias"].shape[0]
   metadata = {

@@ -1,4 +1,7 @@
-"""Flax ResNets that compute exactly what torchvision's `resnet18/34/50` compute.
+"""Flax ResNets that compute exactly what torchvision's ResNet family computes.
+
+The whole family of `torchvision.models.resnet`: ResNet-18/34/50/101/152, ResNeXt-50/101 and
+Wide ResNet-50/101, each a depth/width `functools.partial` of the one `ResNet` (see `MODELS`).
 
 Layer for layer as torchvision, in NHWC: explicit torch padding (Flax's 'SAME' would pad the
 stride-2 7x7 stem as (2, 3) instead of (3, 3)), a max pool padded with -inf, a projection
@@ -35,16 +38,21 @@ def dense_bias_init(fan_in: int) -> nn.initializers.Initializer:
 class Conv(nn.Module):
   """A bias-free NHWC convolution with nn.Conv's parameter ("kernel", HWIO) and torch's padding.
 
+  `groups` splits the channels as torch's `groups` (ResNeXt's 3x3): the kernel is
+  (kh, kw, in / groups, features), and output channel o sees input group o // (features / groups).
+
   Where the input is smaller than the kernel (layer3/4 at 32x32), XLA:CPU swaps the convolution's
   operands into a form its fast kernels refuse and runs a naive loop: 73% of a 32x32 training
   step. There the same convolution is computed as one matmul over the kernel's shifted windows
-  (im2col), 3.6x faster on the CPU, equal up to summation order (docs/performance.md).
+  (im2col), batched over the groups, 3.6x faster on the CPU, equal up to summation order
+  (docs/performance.md).
   """
 
   features: int
   kernel_size: tuple[int, int]
   strides: int = 1
   padding: int = 0
+  groups: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   kernel_init: nn.initializers.Initializer = conv_kernel_init
@@ -52,23 +60,38 @@ class Conv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kh, kw = self.kernel_size
-    shape = (kh, kw, x.shape[-1], self.features)
+    g = self.groups
+    shape = (kh, kw, x.shape[-1] // g, self.features)
     kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     pad = ((0, 0), (self.padding, self.padding), (self.padding, self.padding), (0, 0))
     if x.shape[1] >= kh and x.shape[2] >= kw:
       return jax.lax.conv_general_dilated(
-        x, kernel, (self.strides,) * 2, pad[1:3], dimension_numbers=("NHWC", "HWIO", "NHWC")
+        x,
+        kernel,
+        (self.strides,) * 2,
+        pad[1:3],
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=g,
       )
     x = jnp.pad(x, pad)
+    x = jnp.moveaxis(x.reshape(*x.shape[:3], g, -1), 3, 0)  # (group, n, h, w, channel).
     s = self.strides
-    out_h, out_w = (x.shape[1] - kh) // s + 1, (x.shape[2] - kw) // s + 1
-    windows = [
-      x[:, i : i + s * (out_h - 1) + 1 : s, j : j + s * (out_w - 1) + 1 : s, :]
-      for i in range(kh)
-      for j in range(kw)
-    ]  # (i, j, channel) order, as the HWIO kernel flattens.
-    return jnp.concatenate(windows, axis=-1) @ kernel.reshape(-1, self.features)
+    n, out_h, out_w = x.shape[1], (x.shape[2] - kh) // s + 1, (x.shape[3] - kw) // s + 1
+    windows = jnp.stack(
+      [
+        x[:, :, i : i + s * (out_h - 1) + 1 : s, j : j + s * (out_w - 1) + 1 : s]
+        for i in range(kh)
+        for j in range(kw)
+      ],
+      axis=-2,
+    )  # (group, n, h, w, window, channel): (window, channel) flatten as the kernel's HWI does.
+    windows = windows.reshape(g, n * out_h * out_w, -1)
+    kernel = jnp.moveaxis(kernel.reshape(-1, g, self.features // g), 1, 0)  # Group-major outputs.
+    # Groups lead, so groups=1 is one plain matmul: an einsum with the groups in the middle
+    # made XLA:CPU transpose both operands (a 15% slower 32x32 ResNet-18 step).
+    y = (windows @ kernel).reshape(g, n, out_h, out_w, -1)
+    return jnp.moveaxis(y, 0, -2).reshape(n, out_h, out_w, self.features)
 
 
 class BatchNorm(nn.Module):
@@ -144,15 +167,23 @@ class BasicBlock(Unit):
 
 
 class Bottleneck(Unit):
-  """1x1, 3x3, 1x1 convolutions (ResNet-50), with the stride on the 3x3 as torchvision."""
+  """1x1, 3x3, 1x1 convolutions (ResNet-50 and up), with the stride on the 3x3 as torchvision.
 
+  ResNeXt groups the 3x3 and Wide ResNet widens it: as torchvision's, its width is
+  int(features * base_width / 64) * groups (resnext50_32x4d: groups 32, base_width 4), and the
+  block's output stays features * 4.
+  """
+
+  groups: int = 1
+  base_width: int = 64
   expansion: ClassVar[int] = 4
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = self.conv(self.features, (1, 1), 1, padding=0, name="conv1")(x)
+    width = self.features * self.base_width // 64 * self.groups
+    y = self.conv(width, (1, 1), 1, padding=0, name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y, train))
-    y = self.conv(self.features, (3, 3), self.strides, padding=1, name="conv2")(y)
+    y = self.conv(width, (3, 3), self.strides, padding=1, groups=self.groups, name="conv2")(y)
     y = nn.relu(self.norm(name="bn2")(y, train))
     y = self.conv(self.features * self.expansion, (1, 1), 1, padding=0, name="conv3")(y)
     y = self.norm(name="bn3")(y, train)
@@ -169,7 +200,7 @@ def _shortcut(block: Unit, x: jax.Array, y: jax.Array, train: bool) -> jax.Array
 class Stage(nn.Module):
   """torchvision's `layerN`: blocks named "0", "1", ... like an nn.Sequential."""
 
-  block_cls: type[nn.Module]
+  block_cls: ModuleDef
   num_blocks: int
   features: int
   strides: int
@@ -195,7 +226,7 @@ class ResNet(nn.Module):
   """
 
   stage_sizes: Sequence[int]
-  block_cls: type[nn.Module]
+  block_cls: ModuleDef  # BasicBlock, Bottleneck, or a partial of it with groups / base_width.
   num_classes: int = 1000
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -227,15 +258,35 @@ class ResNet(nn.Module):
     return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # Loss math in >= float32.
 
 
+def _bottleneck(groups: int, base_width: int) -> ModuleDef:
+  """The Bottleneck of torchvision's `groups` and `width_per_group` (ResNeXt, Wide ResNet)."""
+  return functools.partial(Bottleneck, groups=groups, base_width=base_width)
+
+
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock)
 ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=BasicBlock)
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck)
+ResNet101 = functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block_cls=Bottleneck)
+ResNet152 = functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block_cls=Bottleneck)
+ResNeXt50_32x4d = functools.partial(ResNet50, block_cls=_bottleneck(32, 4))
+ResNeXt101_32x8d = functools.partial(ResNet101, block_cls=_bottleneck(32, 8))
+ResNeXt101_64x4d = functools.partial(ResNet101, block_cls=_bottleneck(64, 4))
+WideResNet50_2 = functools.partial(ResNet50, block_cls=_bottleneck(1, 128))
+WideResNet101_2 = functools.partial(ResNet101, block_cls=_bottleneck(1, 128))
 
 DTYPES = ("float32", "bfloat16")  # config.dtype: the compute dtype of a training run.
+# torchvision's names and order (torchvision.models.resnet.__all__).
 MODELS: dict[str, Callable[..., ResNet]] = {
   "resnet18": ResNet18,
   "resnet34": ResNet34,
   "resnet50": ResNet50,
+  "resnet101": ResNet101,
+  "resnet152": ResNet152,
+  "resnext50_32x4d": ResNeXt50_32x4d,
+  "resnext101_32x8d": ResNeXt101_32x8d,
+  "resnext101_64x4d": ResNeXt101_64x4d,
+  "wide_resnet50_2": WideResNet50_2,
+  "wide_resnet101_2": WideResNet101_2,
 }
 
 
@@ -249,7 +300,7 @@ def create_model(arch: str, num_classes: int, dtype: Dtype = "float32") -> ResNe
       parameters stay float32.
   """
   if arch not in MODELS:
-    raise ValueError(f"Unknown model {arch!r}: choose one of {sorted(MODELS)}.")
+    raise ValueError(f"Unknown model {arch!r}: choose one of {list(MODELS)}.")
   return MODELS[arch](num_classes=num_classes, dtype=jnp.dtype(dtype))
 
 

@@ -37,7 +37,20 @@ def random_variables(arch: str, num_classes: int) -> dict:
   ("arch", "num_classes"),
   [
     ("resnet18", 10),
-    *(pytest.param(*a, marks=pytest.mark.slow) for a in [("resnet34", 7), ("resnet50", 1000)]),
+    *(
+      pytest.param(arch, num_classes, marks=pytest.mark.slow)
+      for arch, num_classes in [
+        ("resnet34", 7),
+        ("resnet50", 1000),
+        ("resnet101", 10),
+        ("resnet152", 10),
+        ("resnext50_32x4d", 1000),
+        ("resnext101_32x8d", 10),
+        ("resnext101_64x4d", 10),
+        ("wide_resnet50_2", 10),
+        ("wide_resnet101_2", 10),
+      ]
+    ),
   ],
 )
 def test_round_trip_is_bit_for_bit(arch, num_classes, tmp_path):

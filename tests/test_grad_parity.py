@@ -38,8 +38,10 @@ def torch_grads(
   return {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
-def flax_grads(variables: dict, images: np.ndarray, labels: np.ndarray, dtype) -> dict:
-  model = models.create_model(ARCH, NUM_CLASSES, dtype)
+def flax_grads(
+  variables: dict, images: np.ndarray, labels: np.ndarray, dtype, arch: str = ARCH
+) -> dict:
+  model = models.create_model(arch, NUM_CLASSES, dtype)
 
   def loss_fn(params):
     variables_in = {"params": params, "batch_stats": variables["batch_stats"]}
@@ -97,14 +99,17 @@ def test_float32_gradients_near_float64(grads):
   assert jax_errors[worst] <= 2e-2, worst
 
 
-def test_float64_gradients_equal_torch_at_32x32(tmp_path):
-  """CIFAR's own size: layer3/4's convolutions run as models.Conv's matmul over windows."""
+@pytest.mark.parametrize("arch", [ARCH, pytest.param("resnext50_32x4d", marks=pytest.mark.slow)])
+def test_float64_gradients_equal_torch_at_32x32(arch, tmp_path):
+  """CIFAR's own size: layer3/4's convolutions run as models.Conv's matmul over windows (grouped
+  in ResNeXt, whose backward is then a grouped convolution's in both frameworks)."""
   images = torch_utils.parity_inputs(num_real=4, num_noise=4, size=32).double()
   labels = torch.randint(0, NUM_CLASSES, (8,), generator=torch.Generator().manual_seed(3))
-  torch_model = torch_utils.randomized_torchvision(ARCH, NUM_CLASSES).double()
+  torch_model = torch_utils.randomized_torchvision(arch, NUM_CLASSES).double()
   with jax.enable_x64(True):
-    variables = torch_utils.convert_with_cli(torch_model, tmp_path, ARCH)
-    actual = flax_grads(variables, torch_utils.to_nhwc(images), labels.numpy(), jnp.float64)
+    variables = torch_utils.convert_with_cli(torch_model, tmp_path, arch)
+    actual = flax_grads(variables, torch_utils.to_nhwc(images), labels.numpy(), jnp.float64, arch)
   errors = torch_utils.relative_errors({"params": actual}, torch_grads(torch_model, images, labels))
   worst = max(errors, key=errors.get)
+  print(f"\n{arch} float64 gradients at 32x32: largest relative difference {errors[worst]:.1e}")
   assert errors[worst] <= 1e-10, (worst, errors[worst])

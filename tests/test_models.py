@@ -1,35 +1,56 @@
-"""The model zoo's bookkeeping: parameter counts equal torchvision's, names, dtypes, the init.
+"""The model zoo's bookkeeping: variables equal torchvision's, names, dtypes, the init.
 
-Golden counts: torchvision's published `num_params` of the ImageNet weights
-(`ResNet18_Weights.IMAGENET1K_V1.meta["num_params"]`, likewise for 34 and 50), which are also
-checked against torchvision's own modules built here.
+Golden counts: torchvision's published `num_params` of each architecture's default ImageNet
+weights (`torchvision.models.get_model_weights(arch).DEFAULT.meta["num_params"]`, torchvision
+0.29.1), which are also checked against torchvision's own modules built here.
 """
 
 import jax
 import numpy as np
 import pytest
+import torch
 import torchvision
 
+from convert import layout
 from jaxresnet import models
 
-GOLDEN_NUM_PARAMS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032}
+GOLDEN_NUM_PARAMS = {
+  "resnet18": 11_689_512,
+  "resnet34": 21_797_672,
+  "resnet50": 25_557_032,
+  "resnet101": 44_549_160,
+  "resnet152": 60_192_808,
+  "resnext50_32x4d": 25_028_904,
+  "resnext101_32x8d": 88_791_336,
+  "resnext101_64x4d": 83_455_272,
+  "wide_resnet50_2": 68_883_240,
+  "wide_resnet101_2": 126_886_696,
+}
 
 
 def _count(tree) -> int:
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
 
-@pytest.mark.parametrize("arch", sorted(GOLDEN_NUM_PARAMS))
-def test_parameter_counts_equal_torchvision(arch):
-  model = models.create_model(arch, 1000)
-  shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0)))
-  torch_model = torchvision.models.get_model(arch, weights=None)
+def test_golden_table_covers_every_model():
+  assert list(GOLDEN_NUM_PARAMS) == list(models.MODELS)
+
+
+@pytest.mark.parametrize("arch", GOLDEN_NUM_PARAMS)
+def test_variables_equal_torchvisions(arch):
+  """Counts, and every torch key with its shape through `convert.layout` (the table both
+  converters use), so each architecture converts strictly both ways. torchvision's model is
+  built on the meta device: shapes without the cost of its init."""
+  shapes = layout.variable_shapes(arch, 1000)
+  with torch.device("meta"):
+    torch_model = torchvision.models.get_model(arch, weights=None)
   torch_params = sum(p.numel() for p in torch_model.parameters())
-  meta = torchvision.models.get_model_weights(arch).IMAGENET1K_V1.meta["num_params"]
-  assert _count(shapes["params"]) == GOLDEN_NUM_PARAMS[arch] == torch_params == meta
-  # BatchNorm statistics: torch's running_mean and running_var buffers.
-  stats = sum(b.numel() for n, b in torch_model.named_buffers() if n.endswith(("_mean", "_var")))
-  assert _count(shapes["batch_stats"]) == stats
+  meta = torchvision.models.get_model_weights(arch).DEFAULT.meta["num_params"]
+  num_params = sum(int(np.prod(s)) for p, s in shapes.items() if p[0] == "params")
+  assert num_params == GOLDEN_NUM_PARAMS[arch] == torch_params == meta
+  expected = {k: tuple(v.shape) for k, v in torch_model.state_dict().items()}
+  actual = {layout.torch_key(p): layout.torch_shape(p, s) for p, s in shapes.items()}
+  assert actual == {k: s for k, s in expected.items() if not k.endswith(layout.COUNTER)}
 
 
 def test_head_follows_the_class_count():
@@ -53,5 +74,7 @@ def test_init_is_seeded_and_parameters_stay_float32():
 
 
 def test_unknown_architecture_names_the_choices():
-  with pytest.raises(ValueError, match=r"Unknown model 'resnet19': choose one of \['resnet18'"):
+  with pytest.raises(
+    ValueError, match=r"Unknown model 'resnet19': choose one of \['resnet18', 'resnet34'"
+  ):
     models.create_model("resnet19", 10)

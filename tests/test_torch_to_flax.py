@@ -7,6 +7,7 @@ accumulated over 20-50 layers, stays well under 1e-4 of the largest activation.
 """
 
 import copy
+import functools
 import time
 
 import jax
@@ -14,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import torchvision
 
-from convert import torch_to_flax
+from convert import layout, torch_to_flax
 from jaxresnet import models, network, pretrained
 from tests import torch_utils
 
@@ -90,16 +92,18 @@ def train_passes(arch, torch_model, variables, images, dtype):
   return logits, expected, state["batch_stats"], torch_model.state_dict()
 
 
-def assert_train_parity(arch, torch_model, variables, images, dtype, tolerance):
+def assert_train_parity(arch, torch_model, variables, images, dtype, tolerance) -> float:
+  """Asserts the logits and every BatchNorm statistic within `tolerance`; the largest error."""
   logits, expected, batch_stats, torch_sd = train_passes(
     arch, torch_model, variables, images, dtype
   )
-  assert torch_utils.relative_error(logits, expected) <= tolerance
-  from convert import layout
-
+  errors = {"logits": torch_utils.relative_error(logits, expected)}
   for path, value in layout.flatten({"batch_stats": batch_stats}):
     torch_value = torch_sd[layout.torch_key(path)].numpy()
-    assert torch_utils.relative_error(value, torch_value) <= tolerance, path
+    errors[path] = torch_utils.relative_error(value, torch_value)
+  worst = max(errors, key=errors.get)
+  assert errors[worst] <= tolerance, (worst, errors[worst])
+  return errors[worst]
 
 
 def test_train_float32_matches_torchvision(inputs, resnet18):
@@ -122,19 +126,65 @@ def test_float64_is_exact(arch, inputs, tmp_path):
     assert_train_parity(arch, torch_model, variables, images, jnp.float64, 1e-10)
 
 
-def test_small_inputs_are_exact_in_float64(tmp_path):
-  """32x32 (CIFAR at its own size): layer3 and layer4 see inputs smaller than their 3x3
-  kernels, which models.Conv computes as a matmul over windows instead of a convolution."""
+@pytest.mark.parametrize(
+  "arch",
+  [
+    "resnet18",
+    *(pytest.param(a, marks=SLOW) for a in ["resnet101", "resnext50_32x4d", "wide_resnet50_2"]),
+  ],
+)
+def test_small_inputs_are_exact_in_float64(arch, tmp_path):
+  """32x32 (CIFAR at its own size) runs both of models.Conv's paths: the 3x3 convolutions up to
+  layer3.0 (8x8 and 4x4 inputs) as convolutions, the later ones (2x2 and 1x1 inputs, smaller
+  than the kernel) as a matmul over windows. One architecture per block: basic, bottleneck,
+  grouped (ResNeXt) and wide bottleneck; the fast tier has the grouped convolution's own test."""
   images = torch_utils.parity_inputs(num_real=4, num_noise=4, size=32).double()
-  torch_model = torch_utils.randomized_torchvision("resnet18").double()
+  torch_model = torch_utils.randomized_torchvision(arch).double()
   with jax.enable_x64(True):
-    variables = torch_utils.convert_with_cli(torch_model, tmp_path, "resnet18")
+    variables = torch_utils.convert_with_cli(torch_model, tmp_path, arch)
     expected = torch_utils.stage_outputs(torch_model, images)
-    actual, _ = flax_outputs("resnet18", variables, images, dtype=jnp.float64)
-    assert actual["layer4"].shape[1:3] == (1, 1)
-    for key in ("logits", *STAGES):
-      assert torch_utils.relative_error(actual[key], expected[key]) <= 1e-10, key
-    assert_train_parity("resnet18", torch_model, variables, images, jnp.float64, 1e-10)
+    actual, _ = flax_outputs(arch, variables, images, dtype=jnp.float64)
+    sizes = [actual[f"layer{i}"].shape[1:3] for i in (2, 3, 4)]
+    assert sizes == [(4, 4), (2, 2), (1, 1)]  # layer3.0's 3x3 sees 4x4; from layer3.1 on, <= 2x2.
+    errors = {k: torch_utils.relative_error(actual[k], expected[k]) for k in ("logits", *STAGES)}
+    assert max(errors.values()) <= 1e-10, errors
+    train = assert_train_parity(arch, torch_model, variables, images, jnp.float64, 1e-10)
+  print(f"\n{arch} float64 at 32x32: eval {max(errors.values()):.1e}, train {train:.1e}")
+
+
+@pytest.mark.parametrize(("size", "uses_conv"), [(6, True), (2, False)])
+@pytest.mark.parametrize("strides", [1, 2])
+def test_grouped_conv_equals_torch_conv2d_in_float64(size, uses_conv, strides):
+  """models.Conv with groups on both of its paths against torch's conv2d(groups=4): a 3x3 on a
+  6x6 input is a lax convolution, on a 2x2 input a matmul over windows batched over groups."""
+  groups, in_features, features = 4, 8, 12
+  rng = np.random.default_rng(0)
+  images = rng.standard_normal((2, size, size, in_features))
+  weight = rng.standard_normal((features, in_features // groups, 3, 3))  # torch's OIHW.
+  expected = torch.nn.functional.conv2d(
+    torch.from_numpy(images).permute(0, 3, 1, 2),
+    torch.from_numpy(weight),
+    stride=strides,
+    padding=1,
+    groups=groups,
+  )
+  with jax.enable_x64(True):
+    conv = models.Conv(
+      features,
+      (3, 3),
+      strides,
+      padding=1,
+      groups=groups,
+      dtype=jnp.float64,
+      param_dtype=jnp.float64,
+    )
+    shape = jax.eval_shape(conv.init, jax.random.key(0), images)["params"]["kernel"].shape
+    kernel = layout.to_flax(("params", "conv", "kernel"), weight)
+    assert shape == kernel.shape == (3, 3, in_features // groups, features)
+    apply = functools.partial(conv.apply, {"params": {"kernel": kernel}})
+    assert ("conv_general_dilated" in str(jax.make_jaxpr(apply)(images))) == uses_conv
+    actual = apply(images)
+  assert torch_utils.relative_error(actual, expected.permute(0, 2, 3, 1).numpy()) <= 1e-14
 
 
 @pytest.mark.slow  # The fast tier checks every stage's shape at 32x32 (small inputs).
@@ -188,6 +238,18 @@ def test_state_dict_of_another_architecture_lists_the_keys():
   assert "unexpected keys (80)" in str(error.value) and "layer1.2.conv1.weight" in str(error.value)
 
 
+def test_state_dict_with_the_same_keys_is_told_apart_by_shapes():
+  """resnext50_32x4d has resnet50's keys: only the shapes name it."""
+  with torch.device("meta"):
+    shapes = torchvision.models.resnext50_32x4d().state_dict()
+  state_dict = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in shapes.items()}
+  with pytest.raises(ValueError, match="pass --arch resnext50_32x4d") as error:
+    torch_to_flax.convert_state_dict(state_dict, "resnet50")
+  message = str(error.value)
+  assert "missing keys" not in message and "unexpected keys" not in message
+  assert "layer1.0.conv2.weight: (128, 4, 3, 3), expected (64, 64, 3, 3)" in message
+
+
 def test_missing_and_misshapen_keys_in_one_error():
   state_dict = torch_utils.randomized_torchvision("resnet18").state_dict()
   del state_dict["layer2.0.bn1.running_var"]
@@ -229,16 +291,32 @@ def test_output_is_never_overwritten_silently(tmp_path):
   assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
 
 
-def test_weights_offline_fail_fast_with_the_fix(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+  ("arch", "weights", "file"),
+  [
+    ("resnet18", "IMAGENET1K_V1", "resnet18-f37072fd.pth"),
+    ("resnext50_32x4d", "DEFAULT", "resnext50_32x4d-1a0047aa.pth"),  # DEFAULT is IMAGENET1K_V2.
+  ],
+)
+def test_weights_offline_fail_fast_with_the_fix(arch, weights, file, tmp_path, monkeypatch):
   """No network (simulated: tests never touch it): a clear error within seconds."""
   monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
 
   monkeypatch.setattr(network, "can_reach", lambda host, port: False)
   start = time.monotonic()
   with pytest.raises(ConnectionError, match="--torch-checkpoint FILE") as error:
-    torch_to_flax.main(["--weights", "IMAGENET1K_V1", "--output", str(tmp_path / "out")])
+    torch_to_flax.main(["--arch", arch, "--weights", weights, "--output", str(tmp_path / "out")])
   assert time.monotonic() - start < 5
-  assert "resnet18-f37072fd.pth" in str(error.value)
+  assert file in str(error.value)
+
+
+def test_unknown_weights_name_lists_the_archs_names(tmp_path):
+  with pytest.raises(
+    ValueError, match=r"choose one of \['IMAGENET1K_V1', 'IMAGENET1K_V2', 'DEFAULT'\]"
+  ):
+    torch_to_flax.main(
+      ["--arch", "wide_resnet50_2", "--weights", "V3", "--output", str(tmp_path / "out")]
+    )
 
 
 def test_load_variables_of_a_directory_that_is_no_conversion(tmp_path):

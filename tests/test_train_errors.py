@@ -16,7 +16,7 @@ from tests import train_helpers as th
   "overrides, error, words",
   [
     ({"optimizer": "rmsprop"}, ValueError, ["config.optimizer='rmsprop'", "'adam', 'sgd'"]),
-    ({"model": "resnet101"}, ValueError, ["config.model='resnet101'", "'resnet18'"]),
+    ({"model": "resnet19"}, ValueError, ["config.model='resnet19'", "'resnet18'"]),
     ({"dataset": "mnist"}, ValueError, ["config.dataset = 'mnist'", "imagefolder:PATH"]),
     ({"batch_size": 0}, ValueError, ["config.batch_size must be positive"]),
     (
