@@ -19,6 +19,8 @@ from collections.abc import Mapping
 import jax
 from absl import flags, logging
 
+from jaxresnet import errors
+
 MODES = ("auto", "on", "off")
 
 
@@ -61,11 +63,11 @@ def multiprocess_source(
     A short description for the log, or None when the distributed runtime must not start.
   """
   if mode not in MODES:
-    raise ValueError(f"Unknown distributed mode {mode!r}: choose one of {MODES}.")
+    raise errors.UserError(f"Unknown distributed mode {mode!r}: choose one of {MODES}.")
   flags_given = (coordinator_address, num_processes, process_id) != (None, None, None)
   if mode == "off":
     if flags_given:
-      raise ValueError(
+      raise errors.UserError(
         "--distributed=off contradicts --coordinator_address/--num_processes/--process_id: "
         "drop one or the other."
       )

@@ -17,6 +17,10 @@ from jaxresnet.data import dataset as dataset_lib
 Results = dict[str, Any]  # "loss", "accuracy" (floats), "confusion_matrix" (int [K, K]).
 
 
+class Abandoned(Exception):
+  """The evaluation stopped between two batches, on request."""
+
+
 class Evaluator:
   """Evaluates variables on split `spec` of `dataset`, batch by batch with a jitted `eval_step`."""
 
@@ -25,10 +29,16 @@ class Evaluator:
     self.spec = spec
     self._dataset, self._step, self._mesh = dataset, eval_step, mesh
 
-  def __call__(self, variables: dict) -> Results:
-    """Variables replicated over the mesh -> the split's results, on the host."""
+  def __call__(self, variables: dict, stop: Callable[[], bool] = lambda: False) -> Results:
+    """Variables replicated over the mesh -> the split's results, on the host.
+
+    Raises:
+      Abandoned: when `stop()` turns true, checked before every batch.
+    """
     totals = None
     for batch in self._dataset.eval_batches(self.spec):
+      if stop():
+        raise Abandoned(self.spec)
       batch_metrics = self._step(variables, parallel.to_global(batch, self._mesh))
       totals = batch_metrics if totals is None else totals.merge(batch_metrics)
     computed = jax.device_get(totals.compute())

@@ -8,6 +8,8 @@ import socket
 import threading
 import urllib.parse
 
+from jaxresnet import errors
+
 TIMEOUT_S = 3.0
 
 
@@ -30,10 +32,10 @@ def can_reach(host: str, port: int, timeout: float = TIMEOUT_S) -> bool:
 
 
 def check_reachable(url: str, what: str, fix: str) -> None:
-  """Raises ConnectionError saying `what` cannot be downloaded and `fix`, if `url` is offline."""
+  """Raises NoNetwork (a ConnectionError) saying `what` cannot be downloaded and `fix`, offline."""
   parsed = urllib.parse.urlparse(url)
   port = parsed.port or (443 if parsed.scheme == "https" else 80)
   if not can_reach(parsed.hostname, port):
-    raise ConnectionError(
+    raise errors.NoNetwork(
       f"Cannot download {what}: {parsed.hostname} is unreachable (no network?). {fix}"
     )

@@ -9,6 +9,8 @@ parameter group does).
 import ml_collections
 import optax
 
+from jaxresnet import errors
+
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "warmup_cosine")
 
@@ -24,7 +26,9 @@ def create_learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: int
       warmup_steps=int(config.warmup_epochs * steps_per_epoch),
       decay_steps=config.num_epochs * steps_per_epoch,
     )
-  raise ValueError(f"Unknown config.lr_schedule={config.lr_schedule!r}: choose one of {SCHEDULES}.")
+  raise errors.UserError(
+    f"Unknown config.lr_schedule={config.lr_schedule!r}: choose one of {SCHEDULES}."
+  )
 
 
 def create_optimizer(
@@ -37,7 +41,9 @@ def create_optimizer(
   elif config.optimizer == "adam":
     optimizer = optax.adam(learning_rate, b1=config.b1, b2=config.b2, eps=config.eps)
   else:
-    raise ValueError(f"Unknown config.optimizer={config.optimizer!r}: choose one of {OPTIMIZERS}.")
+    raise errors.UserError(
+      f"Unknown config.optimizer={config.optimizer!r}: choose one of {OPTIMIZERS}."
+    )
   if config.weight_decay < 0:
-    raise ValueError(f"config.weight_decay must be >= 0, got {config.weight_decay}.")
+    raise errors.UserError(f"config.weight_decay must be >= 0, got {config.weight_decay}.")
   return optax.chain(optax.add_decayed_weights(config.weight_decay), optimizer)

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxresnet import steps
+from jaxresnet import errors, steps
 
 DATA_AXIS = "data"
 
@@ -45,7 +45,7 @@ def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
 def check_batch_size(batch_size: int, mesh: Mesh, field: str) -> None:
   """Each device must get the same number of examples."""
   if batch_size % mesh.size:
-    raise ValueError(
+    raise errors.UserError(
       f"config.{field}={batch_size} is not divisible by the {mesh.size} devices; use a multiple "
       f"of {mesh.size} (e.g. {max(mesh.size, batch_size // mesh.size * mesh.size)})."
     )

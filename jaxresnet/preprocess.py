@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxresnet import errors
+
 # ImageNet's per-channel statistics, which torchvision's weights expect (configs' mean and std).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -96,7 +98,10 @@ def _pil_bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
   Written with Python floats in PIL's order of operations, so every weight rounds as in C.
   """
   if in_size > 128 * out_size:  # More taps than _resample sums exactly.
-    raise ValueError(f"Shrinking {in_size} to {out_size} pixels (over 128x) is not supported.")
+    raise errors.UserError(
+      f"Shrinking {in_size} to {out_size} pixels (over 128x) is not supported: raise "
+      "config.image_size or lower config.source_image_size."
+    )
   scale = in_size / out_size
   filter_scale = max(scale, 1.0)
   weights = np.zeros((out_size, in_size), np.int32)

@@ -16,6 +16,8 @@ from typing import Any
 import orbax.checkpoint as ocp
 from absl import logging
 
+from jaxresnet import errors
+
 VARIABLES_DIR = "variables"
 METADATA_FILE = "metadata.json"
 
@@ -35,14 +37,14 @@ def load_metadata(directory: str | pathlib.Path) -> dict:
   """The converter's metadata (arch, num_classes, source, ...), with a clear error if absent."""
   path = pathlib.Path(directory) / METADATA_FILE
   if not path.is_file():
-    raise FileNotFoundError(
+    raise errors.UserError(
       f"{directory} holds no converted weights ({METADATA_FILE} is missing). Create them with "
       f"`python -m convert.torch_to_flax --output {directory}`."
     )
   try:
     return json.loads(path.read_text())
   except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is corrupt ({e}); convert the weights again.") from e
+    raise errors.UserError(f"{path} is corrupt ({e}); convert the weights again.") from e
 
 
 def load_variables(directory: str | pathlib.Path) -> Variables:
@@ -53,7 +55,7 @@ def load_variables(directory: str | pathlib.Path) -> Variables:
     with ocp.StandardCheckpointer() as checkpointer:
       return checkpointer.restore(directory / VARIABLES_DIR)
   except Exception as e:  # Orbax raises many types for a damaged directory.
-    raise ValueError(
+    raise errors.UserError(
       f"Could not read the converted weights in {directory / VARIABLES_DIR}: {e}. The "
       "directory is damaged; convert the weights again."
     ) from e
@@ -70,7 +72,7 @@ def resolve(init_from: str) -> pathlib.Path | None:
     return None
   directory = pathlib.Path(init_from).expanduser()
   if not (directory / METADATA_FILE).is_file():
-    raise FileNotFoundError(
+    raise errors.UserError(
       f"config.init_from={init_from!r} is neither a directory written by "
       "`python -m convert.torch_to_flax` nor a torchvision weights name (e.g. IMAGENET1K_V1). "
       "Convert weights into it first, or pass --config.init_from='' to train from scratch."
@@ -105,7 +107,7 @@ def convert_torchvision(
   result = subprocess.run(command, capture_output=True, text=True, check=False)
   if result.returncode:
     shutil.rmtree(staging, ignore_errors=True)
-    raise RuntimeError(
+    raise errors.UserError(
       f"Could not convert torchvision's {arch} {weights} weights:\n{result.stderr.strip()[-3000:]}"
       f"\nFor training, convert them yourself (`python -m convert.torch_to_flax --arch {arch} "
       f"--torch-checkpoint FILE --num-classes {num_classes} --output DIR`) and pass "

@@ -78,10 +78,21 @@ class Progress:
     self._last_step, self._elapsed = step, 0.0
     self.resume()
 
-  def log_epoch(self, step: int, epoch: int, results: Mapping[str, float]) -> None:
-    """The end-of-epoch record, and a line: every split's loss and accuracy, the epoch's time."""
-    self._writer.write_scalars(step, {**results, "epoch": epoch})
+  def write(self, step: int, record: Mapping[str, float]) -> None:
+    self._writer.write_scalars(step, record)
+
+  def flush(self) -> None:
     self._writer.flush()
+
+  def log_epoch(self, step: int, epoch: int, evaluated: Mapping[str, float],
+                train_results: Mapping[str, float]) -> None:  # fmt: skip
+    """The evaluation's record, and a line: every split's loss and accuracy, the epoch's time.
+
+    `train_results` (written already, before the evaluation) only join the line.
+    """
+    self._writer.write_scalars(step, {**evaluated, "epoch": epoch})
+    self._writer.flush()
+    results = {**train_results, **evaluated}
     now = time.perf_counter()
     order = ["train_epoch", "val", "test"]
     splits = sorted({key.split("/")[0] for key in results}, key=order.index)

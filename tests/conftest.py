@@ -54,6 +54,15 @@ def exact_matmuls():
     yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_compilation_cache(tmp_path_factory):
+  """One XLA compilation cache for the session's training subprocesses (they inherit the
+  environment): the same tiny run launched again, as the resume tests do, compiles nothing."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("xla_cache")))
+    yield
+
+
 @pytest.fixture(scope="session")
 def cifar_root(cifar_jpeg_root) -> Path:
   """The real-data folder of the training tests (train_helpers.TRAIN_PER_CLASS per class)."""

@@ -15,7 +15,7 @@ import torchvision
 
 from configs import default
 from convert import flax_to_torch, layout
-from jaxresnet import models, optimizers, pretrained, steps
+from jaxresnet import errors, models, optimizers, pretrained, steps
 from tests import torch_utils
 
 pytestmark = pytest.mark.usefixtures("exact_matmuls")
@@ -154,7 +154,9 @@ def test_output_is_never_overwritten_silently(tmp_path):
   torch_utils.convert_with_cli(torch_utils.randomized_torchvision("resnet18"), tmp_path, "resnet18")
   argv = ["--input", str(tmp_path / "resnet18-flax"), "--output", str(tmp_path / "m.pt")]
   (tmp_path / "m.pt").write_text("mine")
-  with pytest.raises(SystemExit, match="already exists; choose a new file or pass --overwrite"):
+  with pytest.raises(
+    errors.UserError, match="already exists; choose a new file or pass --overwrite"
+  ):
     flax_to_torch.main(argv)
   assert (tmp_path / "m.pt").read_text() == "mine"
   flax_to_torch.main([*argv, "--overwrite"])

@@ -19,15 +19,18 @@ checkpoints are compared after loading them here, in one process on one device, 
 Plus fast tests of when a run counts as multi-process.
 """
 
+import contextlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import jax
 import numpy as np
@@ -110,21 +113,31 @@ def _tail(path: pathlib.Path, chars: int = 3000) -> str:
   return path.read_text(errors="replace")[-chars:]
 
 
-def _run_phase(processes: list[tuple[list[str], dict, pathlib.Path]]) -> float:
-  """Runs the processes side by side; fails as soon as one fails. Returns the wall time.
-
-  Every process is in its own session and is killed, with anything it started, when this returns
-  or raises: a process whose peer died would otherwise wait for it until JAX's timeouts.
-  """
-  started, start = [], time.monotonic()
+@contextlib.contextmanager
+def _started(processes: list[tuple[list[str], dict, pathlib.Path]]) -> Iterator[list]:
+  """The processes, started side by side, each in its own session; when the block ends, passed
+  or failed, each is killed with anything it started: a process whose peer died would otherwise
+  wait for it until JAX's timeouts."""
+  started = []
   try:
     for command, env, log in processes:
       with open(log, "w") as out:
-        started.append(
-          subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-          )
+        process = subprocess.Popen(
+          command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
+      started.append(process)
+    yield started
+  finally:
+    for process in started:
+      if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+      process.wait()
+
+
+def _run_phase(processes: list[tuple[list[str], dict, pathlib.Path]]) -> float:
+  """Runs the processes side by side; fails as soon as one fails. Returns the wall time."""
+  start = time.monotonic()
+  with _started(processes) as started:
     while True:
       codes = [p.poll() for p in started]
       for code, (_, _, log) in zip(codes, processes, strict=True):
@@ -135,11 +148,21 @@ def _run_phase(processes: list[tuple[list[str], dict, pathlib.Path]]) -> float:
         tails = "\n".join(f"--- {log.name}:\n{_tail(log, 1000)}" for _, _, log in processes)
         raise AssertionError(f"Processes still running after {PHASE_TIMEOUT_S} s:\n{tails}")
       time.sleep(0.2)
-  finally:
+
+
+def _run_preempted(processes: list[tuple[list[str], dict, pathlib.Path]], text: str) -> list[int]:
+  """Runs the processes until every log shows `text`, then sends each SIGTERM, as a cluster
+  preempting a job does; returns their exit codes."""
+  start = time.monotonic()
+  with _started(processes) as started:
+    while not all(text in log.read_text(errors="replace") for _, _, log in processes):
+      for process, (_, _, log) in zip(started, processes, strict=True):
+        assert process.poll() is None, f"{log.name} exited early:\n{_tail(log)}"
+      assert time.monotonic() - start < PHASE_TIMEOUT_S, f"no {text!r} in time"
+      time.sleep(0.05)
     for process in started:
-      if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-      process.wait()
+      process.send_signal(signal.SIGTERM)
+    return [process.wait(timeout=PHASE_TIMEOUT_S) for process in started]
 
 
 def _load_state(workdir: pathlib.Path, step: int) -> dict[str, np.ndarray]:
@@ -152,6 +175,10 @@ def _load_state(workdir: pathlib.Path, step: int) -> dict[str, np.ndarray]:
 def _history(workdir: pathlib.Path) -> list[dict]:
   lines = (workdir / "metrics.jsonl").read_text().splitlines()
   return [json.loads(line) for line in lines if line.strip()]
+
+
+def _checkpoint_steps(workdir: pathlib.Path) -> list[int]:
+  return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
 
 def _series(workdir: pathlib.Path, key: str) -> list[tuple[int, float]]:
@@ -177,7 +204,7 @@ def runs(cifar_jpeg_root, tmp_path_factory) -> dict[str, pathlib.Path]:
   data = cifar_jpeg_root(TRAIN_PER_CLASS, TEST_PER_CLASS)
   root = tmp_path_factory.mktemp("multihost")
   (root / "logs").mkdir()
-  paths = {name: root / name for name in ("f32_one", "f32_two", "resumed", "logs")}
+  paths = {name: root / name for name in ("f32_one", "f32_two", "resumed", "preempted", "logs")}
   paths.update(f64_one=root / "f64_one.npz", f64_two=root / "f64_two.npz")
   # 1. Side by side, one process (float32 for one epoch, 2 steps; then float64) and two
   # (float32 for two epochs, with checkpoints at steps 2 and 4; then float64).
@@ -188,7 +215,12 @@ def runs(cifar_jpeg_root, tmp_path_factory) -> dict[str, pathlib.Path]:
   shutil.copytree(paths["f32_two"], paths["resumed"])
   shutil.rmtree(paths["resumed"] / "checkpoints" / str(2 * STEPS_PER_EPOCH))
   walls.append(_run_phase(_job("resumed", _train_command(data, paths["resumed"], 2), 2, root)))
-  print("phases (1 and 2 processes, resume):", [f"{w:.0f} s" for w in walls])
+  # 3. The CLI from scratch on 2 processes, preempted (SIGTERM to both) after its first step,
+  # then relaunched.
+  preempted = _job("preempted", _train_command(data, paths["preempted"], 2), 2, root)
+  paths["preempted_codes"] = _run_preempted(preempted, "step 1/")
+  walls.append(_run_phase(_job("relaunched", _train_command(data, paths["preempted"], 2), 2, root)))
+  print("phases (1 and 2 processes, resume, relaunch):", [f"{w:.0f} s" for w in walls])
   return paths
 
 
@@ -263,6 +295,24 @@ def test_two_process_resume_matches_uninterrupted(runs):
   # The records after step 2 were cut and written again, once.
   assert _series(resumed, "train/loss") == _series(uninterrupted, "train/loss")
   assert _series(resumed, "test/loss") == _series(uninterrupted, "test/loss")
+
+
+@pytest.mark.slow
+def test_two_process_preemption_saves_one_step_and_resumes_bit_identical(runs):
+  """JAX's SIGTERM notifier and Orbax's sync point: both processes stop after the same step."""
+  assert runs["preempted_codes"] == [143, 143], runs["preempted_codes"]
+  logs = [(runs["logs"] / f"preempted.{i}.log").read_text() for i in range(2)]
+  stopped = {int(re.search(r"Stopped by SIGTERM at step (\d+)", log).group(1)) for log in logs}
+  assert len(stopped) == 1, stopped  # The same step on both.
+  (step,) = stopped
+  assert step < 2 * STEPS_PER_EPOCH and step in _checkpoint_steps(runs["preempted"])
+  for i in range(2):
+    relaunched = (runs["logs"] / f"relaunched.{i}.log").read_text()
+    assert f"Resuming from {runs['preempted'] / 'checkpoints'}, step {step}" in relaunched
+  final = 2 * STEPS_PER_EPOCH
+  reference, state = _load_state(runs["f32_two"], final), _load_state(runs["preempted"], final)
+  for name, value in reference.items():
+    assert np.array_equal(state[name], value), name
 
 
 # When a run is multi-process.

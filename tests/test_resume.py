@@ -1,6 +1,11 @@
-"""Resume: a run killed with SIGKILL mid-epoch and relaunched ends bit-identical to one that was
-never interrupted, and logs every step exactly once."""
+"""Resume: a run killed (SIGKILL), preempted (SIGTERM) or interrupted (Ctrl-C) mid-epoch, or
+stopped during its end-of-epoch evaluation, and relaunched, ends bit-identical to one that was
+never interrupted, and logs every step exactly once. A damaged latest checkpoint is moved aside
+and the one before it resumed."""
 
+import pathlib
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -9,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxresnet import errors, train
 from tests import train_helpers as th
 
 
@@ -48,3 +54,116 @@ def test_sigkill_mid_epoch_then_relaunch_is_bit_identical(finished_tiny_run, cif
   assert losses == th.series(finished_tiny_run, "train/loss")
   for key in ("test/accuracy", "test/loss"):
     assert th.series(workdir, key) == th.series(finished_tiny_run, key)
+
+
+def _launch(workdir, root, overrides, log):
+  output = open(log, "w")  # noqa: SIM115  (a file, not a pipe: a full pipe would stall the run)
+  command = th.train_command(workdir, root, overrides)
+  return subprocess.Popen(command, cwd=th.REPO, stdout=output, stderr=subprocess.STDOUT)
+
+
+def _wait_for(log, text: str, process) -> None:
+  deadline = time.monotonic() + 600
+  while text not in log.read_text():
+    assert process.poll() is None, log.read_text()[-3000:]
+    assert time.monotonic() < deadline, f"no {text!r} within 10 minutes"
+    time.sleep(0.05)
+
+
+def _assert_same_final_state(workdir, reference) -> None:
+  reference_step, expected = th.restore(reference)
+  step, state = th.restore(workdir)
+  assert step == reference_step == th.TINY_STEPS
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(expected)]
+  for path, a, b in zip(paths, jax.tree.leaves(expected), jax.tree.leaves(state), strict=True):
+    assert a.dtype == b.dtype and np.array_equal(a, b), path
+  assert th.series(workdir, "train/loss") == th.series(reference, "train/loss")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_mid_epoch_saves_that_step_and_resumes_bit_identical(
+  finished_tiny_run, cifar_root, tmp_path, signum, code
+):
+  workdir, log = tmp_path / "stopped", tmp_path / "stopped.log"
+  process = _launch(workdir, cifar_root, th.TINY, log)
+  _wait_for(log, "step 7/", process)  # Mid-epoch, between the checkpoints at steps 5 and 10.
+  signalled = time.monotonic()
+  process.send_signal(signum)
+  assert process.wait(timeout=120) == code, log.read_text()[-3000:]
+  grace = time.monotonic() - signalled
+  stopped_at = int(re.search(r"Stopped by \w+ at step (\d+)", log.read_text()).group(1))
+  print(
+    f"{signal.Signals(signum).name}: saved step {stopped_at} and exited {code} in {grace:.1f} s"
+  )
+  assert 7 <= stopped_at < 10 and th.checkpoint_steps(workdir)[-1] == stopped_at
+  assert grace < 30
+  assert not (workdir / "lock.json").exists()  # Released on the way out.
+
+  resumed = th.run_train(workdir, cifar_root, th.TINY)
+  assert f"step {stopped_at}" in resumed.stderr
+  _assert_same_final_state(workdir, finished_tiny_run)
+
+
+@pytest.mark.slow
+def test_signal_during_evaluation_abandons_it_and_the_relaunch_repeats_it(
+  finished_tiny_run, cifar_root, tmp_path
+):
+  """2,000 eval images take seconds here: SIGTERM lands while epoch 1 is evaluated."""
+  overrides = {**th.TINY, "eval_split": "test[:2000]", "eval_batch_size": 50}
+  workdir, log = tmp_path / "evaluating", tmp_path / "evaluating.log"
+  process = _launch(workdir, cifar_root, overrides, log)
+  _wait_for(log, "step 10/", process)  # The epoch's last step: its evaluation follows.
+  process.send_signal(signal.SIGTERM)
+  assert process.wait(timeout=120) == 143, log.read_text()[-3000:]
+  assert th.checkpoint_steps(workdir)[-1] == 10
+  assert th.series(workdir, "test/accuracy") == []  # Abandoned.
+  assert [s for s, _ in th.series(workdir, "train_epoch/loss")] == [10]
+
+  th.run_train(workdir, cifar_root, overrides)
+  assert [s for s, _ in th.series(workdir, "test/accuracy")] == [10, 20]  # Once each.
+  _assert_same_final_state(workdir, finished_tiny_run)
+
+
+def _damage(checkpoint: pathlib.Path, item: str) -> None:
+  """Zeroes every file of one item of a checkpoint (a disk fault), or cuts them (a bad copy)."""
+  files = [p for p in (checkpoint / item).rglob("*") if p.is_file() and p.stat().st_size]
+  assert files, item
+  for path in files:
+    size = path.stat().st_size
+    path.write_bytes(b"\0" * size if item == "state" else path.read_bytes()[: size // 2])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("item", ["state", "model"])
+def test_damaged_latest_checkpoint_is_moved_aside_and_the_one_before_resumed(
+  finished_tiny_run, cifar_root, tmp_path, item
+):
+  workdir = tmp_path / "damaged"
+  shutil.copytree(finished_tiny_run, workdir)
+  _damage(workdir / "checkpoints" / str(th.TINY_STEPS), item)
+  workdir_files = th.snapshot(workdir / "checkpoints")
+  resumed = th.run_train(workdir, cifar_root, th.TINY)
+  assert f"Checkpoint {workdir / 'checkpoints' / str(th.TINY_STEPS)} is damaged" in resumed.stderr
+  (aside,) = (workdir / "damaged").iterdir()
+  assert aside.name.startswith(f"checkpoints-{th.TINY_STEPS}-")
+  moved = {k.split("/", 1)[1] for k in workdir_files if k.startswith(f"{th.TINY_STEPS}/")}
+  assert {str(p.relative_to(aside)) for p in aside.rglob("*") if p.is_file()} == moved  # Kept.
+  assert f"step {th.TINY_STEPS - 5}" in resumed.stderr  # The one before.
+  _assert_same_final_state(workdir, finished_tiny_run)
+
+
+def test_no_intact_checkpoint_is_one_clear_error(mock_run, tmp_path):
+  workdir = tmp_path / "all_damaged"
+  shutil.copytree(mock_run[0], workdir)
+  for checkpoint in (workdir / "checkpoints").iterdir():
+    _damage(checkpoint, "model")
+  before = {k: v for k, v in th.snapshot(workdir).items() if not k.startswith("checkpoints/")}
+  with th.mocked_cifar10(), pytest.raises(errors.UserError) as raised:
+    train.train_and_evaluate(mock_run[3], str(workdir))
+  assert "No intact checkpoint in" in str(raised.value) and "Nothing was overwritten" in str(
+    raised.value
+  )
+  after = th.snapshot(workdir)
+  assert all(after[k] == v for k, v in before.items() if k != "lock.json")
+  assert th.checkpoint_steps(workdir) == [] and len(list((workdir / "damaged").iterdir())) == 2

@@ -18,7 +18,7 @@ import torch
 import torchvision
 
 from convert import layout, torch_to_flax
-from jaxresnet import models, network, pretrained
+from jaxresnet import errors, models, network, pretrained
 from tests import torch_utils
 
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
@@ -285,7 +285,7 @@ def test_output_is_never_overwritten_silently(tmp_path):
   torch.save(torch_utils.randomized_torchvision("resnet18").state_dict(), tmp_path / "m.pt")
   argv = ["--torch-checkpoint", str(tmp_path / "m.pt"), "--output", str(tmp_path / "out")]
   with pytest.raises(
-    SystemExit, match="already exists; choose a new directory or pass --overwrite"
+    errors.UserError, match="already exists; choose a new directory or pass --overwrite"
   ):
     torch_to_flax.main(argv)
   assert (tmp_path / "out" / "keep.txt").read_text() == "mine"

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 
+from jaxresnet import errors
 from jaxresnet.data import decode, sources
 
 Batch = dict[str, np.ndarray]
@@ -23,7 +24,7 @@ def process_slice(batch_size: int, field: str) -> slice:
   """This process's contiguous part of each global batch of `batch_size` (config.<field>)."""
   processes = jax.process_count()
   if batch_size % processes:
-    raise ValueError(
+    raise errors.UserError(
       f"config.{field} = {batch_size} is not divisible by the {processes} processes: set "
       f"--config.{field} to a multiple of {processes}."
     )

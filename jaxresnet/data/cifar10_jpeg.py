@@ -11,6 +11,8 @@ import pathlib
 import tarfile
 from collections.abc import Mapping
 
+from jaxresnet import errors
+
 ENV_VAR = "JPEG_TARBALL"
 _CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_TARBALL = _CHECKOUT.parent / "shared/datasets/cifar10-jpeg.tar.gz"
@@ -33,7 +35,7 @@ def require_tarball() -> pathlib.Path:
   """The tarball's path, or an error that says where it was looked for and how to make it."""
   path = tarball()
   if not path.is_file():
-    raise FileNotFoundError(
+    raise errors.UserError(
       f"The CIFAR-10 JPEG tarball is not at {path}: set {ENV_VAR}=/path/to/cifar10-jpeg.tar.gz, "
       "or build it from the official download with `python -m scripts.make_cifar10_jpeg "
       "--output cifar10-jpeg.tar.gz`."

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import ml_collections
 
+from jaxresnet import errors
 from jaxresnet.data import batching, sources
 
 
@@ -50,7 +51,7 @@ class Dataset:
     split = self._split(config.train_split)
     local = batching.process_slice(config.batch_size, "batch_size")
     if len(split.labels) < config.batch_size:
-      raise ValueError(
+      raise errors.UserError(
         f"config.batch_size = {config.batch_size} exceeds the {len(split.labels)} examples of "
         f"{config.train_split!r}: lower --config.batch_size."
       )
@@ -88,5 +89,5 @@ def create_dataset(config: ml_collections.ConfigDict, splits: Sequence[str]) -> 
   for spec in dict.fromkeys(s for s in splits if s):
     loaded[spec] = source.split(spec)
     if not len(loaded[spec].labels):
-      raise ValueError(f"Split {spec!r} of {config.dataset} is empty: choose another split.")
+      raise errors.UserError(f"Split {spec!r} of {config.dataset} is empty: choose another split.")
   return Dataset(config, loaded, source.class_names)

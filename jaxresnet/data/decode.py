@@ -5,6 +5,8 @@ import pathlib
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from jaxresnet import errors
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # Those of tfds.folder_dataset.ImageFolder.
 
 
@@ -24,6 +26,6 @@ def read_image(path: str | pathlib.Path, size: int) -> np.ndarray:
         image = image.resize((size, size), Image.Resampling.BILINEAR)
       return np.asarray(image)
   except (OSError, UnidentifiedImageError, ValueError) as error:
-    raise ValueError(
+    raise errors.UserError(
       f"Cannot read the image {path}: {error}. Replace or delete this file."
     ) from error

@@ -14,7 +14,7 @@ from typing import Protocol
 import ml_collections
 import numpy as np
 
-from jaxresnet import network
+from jaxresnet import errors, network
 from jaxresnet.data import decode
 
 IMAGEFOLDER = "imagefolder:"
@@ -43,7 +43,7 @@ def create_source(config: ml_collections.ConfigDict) -> Source:
     return TfdsCifar10(config.data_dir)
   if config.dataset.startswith(IMAGEFOLDER):
     return ImageFolder(config.dataset.removeprefix(IMAGEFOLDER), config.source_image_size)
-  raise ValueError(
+  raise errors.UserError(
     f"config.dataset = {config.dataset!r} is unknown: use 'cifar10' or 'imagefolder:PATH' "
     "(PATH/train/<class>/*.jpg, PATH/test/<class>/*.jpg)."
   )
@@ -77,7 +77,7 @@ def _prepared_cifar10(data_dir: str):
   if not builder.is_prepared():
     if not network.can_reach(*_CIFAR10_HOST):
       root = builder.data_path.parent.parent
-      raise FileNotFoundError(
+      raise errors.NoNetwork(
         f"CIFAR-10 is not prepared in {builder.data_path} and cannot be downloaded: "
         f"{_CIFAR10_HOST[0]} is unreachable (no network?). Either prepare it on a machine with a "
         "network, python -c \"import tensorflow_datasets as tfds; tfds.builder('cifar10', "
@@ -107,7 +107,7 @@ class ImageFolder:
     try:
       instructions = tfds.core.ReadInstruction.from_spec(spec).to_absolute(infos)
     except ValueError as error:
-      raise ValueError(
+      raise errors.UserError(
         f"Cannot read split {spec!r} of the image folder {self._root}, which has the split "
         f"folders {sorted(self._examples)}: {error} Add {self._root}/<split>/<class>/ folders or "
         "change --config.train_split, --config.eval_split or --config.val_split."
@@ -129,7 +129,7 @@ def _scan_folder(root: str) -> tuple[tuple[str, ...], dict[str, list[tuple[str, 
   """
   root_dir = pathlib.Path(root).expanduser()
   if not root_dir.is_dir():
-    raise FileNotFoundError(
+    raise errors.UserError(
       f"The image folder {root} does not exist: --config.dataset=imagefolder:PATH needs "
       "PATH/train/<class>/*.jpg and PATH/test/<class>/*.jpg."
     )
@@ -140,10 +140,10 @@ def _scan_folder(root: str) -> tuple[tuple[str, ...], dict[str, list[tuple[str, 
   }
   class_names = tuple(sorted(set().union(*classes.values())))
   if not class_names:
-    raise ValueError(f"The image folder {root} has no <split>/<class>/ folders: add them.")
+    raise errors.UserError(f"The image folder {root} has no <split>/<class>/ folders: add them.")
   for split, names in classes.items():
     if tuple(names) != class_names:
-      raise ValueError(
+      raise errors.UserError(
         f"{root_dir / split} lacks the class folders {sorted(set(class_names) - set(names))} "
         "that other splits have: every split needs the same class folders."
       )
@@ -155,7 +155,7 @@ def _scan_folder(root: str) -> tuple[tuple[str, ...], dict[str, list[tuple[str, 
       suffixes = decode.IMAGE_SUFFIXES
       files = sorted(str(p) for p in class_dir.iterdir() if p.suffix.lower() in suffixes)
       if not files:
-        raise ValueError(
+        raise errors.UserError(
           f"The class folder {class_dir} holds no {'/'.join(suffixes)} images: add some, "
           "or remove this class from every split."
         )
