@@ -21,7 +21,7 @@ import torch
 import torchvision
 
 from convert import layout
-from jaxresnet import checkpointing, models, pretrained
+from jaxresnet import checkpointing, cli, errors, models, pretrained
 from jaxresnet import workdir as workdir_lib
 
 
@@ -49,7 +49,9 @@ def export_state_dict(
   num_batches_tracked = num_batches_tracked or {}
   unknown = sorted(set(num_batches_tracked) - set(counters))
   if unknown:
-    raise ValueError(f"Counters for BatchNorms the variables do not have: {', '.join(unknown)}.")
+    raise errors.UserError(
+      f"Counters for BatchNorms the variables do not have: {', '.join(unknown)}."
+    )
   counters.update(num_batches_tracked)
   counters = {k: torch.tensor(int(n) + steps, dtype=torch.long) for k, n in counters.items()}
   return {**state_dict, **counters}
@@ -67,7 +69,7 @@ def torchvision_state_dict(
   try:
     model.load_state_dict(state_dict, strict=True)
   except RuntimeError as e:
-    raise ValueError(
+    raise errors.UserError(
       f"The export does not load into torchvision's {arch} with {num_classes} classes: {e}"
     ) from e
   return {k: state_dict[k] for k in model.state_dict()}
@@ -87,6 +89,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   )
   parser.add_argument("--output", type=pathlib.Path, required=True, help="the .pt file to write")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+  parser.add_argument("--verbose", action="store_true", help="tracebacks of user errors too")
   parser.add_argument(
     "--steps", type=int, default=0, help="training steps since the conversion (default 0)"
   )
@@ -111,8 +114,8 @@ def load_workdir(workdir: pathlib.Path, which: str) -> tuple[dict, dict, int]:
 def main(argv: Sequence[str] | None = None) -> None:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   if args.output.exists() and not args.overwrite:
-    raise SystemExit(
-      f"error: --output {args.output} already exists; choose a new file or pass --overwrite."
+    raise errors.UserError(
+      f"--output {args.output} already exists; choose a new file or pass --overwrite."
     )
   if workdir_lib.is_training_workdir(args.input):
     variables, metadata, steps = load_workdir(args.input, args.checkpoint)
@@ -121,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     variables = pretrained.load_variables(args.input)
   arch, num_classes = metadata.get("arch"), metadata.get("num_classes")
   if arch not in models.MODELS or not isinstance(num_classes, int):
-    raise ValueError(
+    raise errors.UserError(
       f"{args.input / pretrained.METADATA_FILE} names no model (arch={arch!r}, "
       f"num_classes={num_classes!r}); convert the weights again."
     )
@@ -133,4 +136,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run_plain(main)

@@ -20,7 +20,7 @@ import torch
 import torchvision
 
 from convert import layout, verify
-from jaxresnet import models, network, pretrained
+from jaxresnet import cli, errors, models, network, pretrained
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -29,11 +29,11 @@ def read_torch_checkpoint(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
   """A state dict from a `torch.save` file (also wrapped in {"state_dict"|"model": ...})."""
   path = pathlib.Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"No torch checkpoint at {path}: pass an existing file.")
+    raise errors.UserError(f"No torch checkpoint at {path}: pass an existing file.")
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch.load raises many types for a file it cannot read.
-    raise ValueError(
+    raise errors.UserError(
       f"{path} is not a PyTorch checkpoint torch.load can read ({type(e).__name__}: {e}). "
       "Pass a file written by torch.save(model.state_dict(), path)."
     ) from e
@@ -41,7 +41,7 @@ def read_torch_checkpoint(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
       obj = obj[wrapper]
   if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-    raise ValueError(
+    raise errors.UserError(
       f"{path} holds a {type(obj).__name__}, not a state dict of tensors. Save the model with "
       "torch.save(model.state_dict(), path)."
     )
@@ -55,7 +55,7 @@ def torchvision_weights(arch: str, name: str) -> torchvision.models.WeightsEnum:
   """torchvision's weights of `arch` by enum name ("IMAGENET1K_V2") or "DEFAULT" (resolved)."""
   enum = torchvision.models.get_model_weights(arch)
   if name not in enum.__members__:
-    raise ValueError(
+    raise errors.UserError(
       f"torchvision has no {arch} weights {name!r}; choose one of {list(enum.__members__)}."
     )
   return enum[name]
@@ -126,7 +126,7 @@ def convert_state_dict(
   if missing or unexpected or mismatched:
     guess = layout.guess_arch({k: v.shape for k, v in state_dict.items()})
     hint = f" It looks like a {guess} state dict: pass --arch {guess}." if guess else ""
-    raise ValueError(
+    raise errors.UserError(
       f"The state dict does not match torchvision's {arch} with {num_classes} classes.{hint}\n"
       + "".join(
         f"  {title} ({len(keys)}): {', '.join(keys)}\n"
@@ -170,6 +170,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--seed", type=int, default=0, help="torch seed of a fresh head")
   parser.add_argument("--output", type=pathlib.Path, required=True)
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+  parser.add_argument("--verbose", action="store_true", help="tracebacks of user errors too")
   parser.add_argument("--verify", action="store_true", help="compare torch and Flax logits")
   parser.add_argument("--verify-images", type=pathlib.Path, help="folder of images for --verify")
   args = parser.parse_args(argv)
@@ -181,8 +182,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   if args.output.exists() and not args.overwrite:
-    raise SystemExit(
-      f"error: --output {args.output} already exists; choose a new directory or pass --overwrite."
+    raise errors.UserError(
+      f"--output {args.output} already exists; choose a new directory or pass --overwrite."
     )
   if args.torch_checkpoint:
     state_dict, file = read_torch_checkpoint(args.torch_checkpoint), args.torch_checkpoint
@@ -214,4 +215,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run_plain(main)

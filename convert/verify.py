@@ -13,7 +13,7 @@ import torchvision
 from PIL import Image
 
 from convert import transforms
-from jaxresnet import models, pretrained
+from jaxresnet import errors, models, pretrained
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 # The paper's evaluation transform, squared so that images of any shape stack into one batch.
@@ -26,7 +26,7 @@ def sample_images(folder: pathlib.Path | None, count: int = 16) -> torch.Tensor:
     return torch.randn(count, 3, 224, 224, generator=torch.Generator().manual_seed(0))
   files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
   if not files:
-    raise FileNotFoundError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}.")
+    raise errors.UserError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}.")
   return torch.stack([TRANSFORM(Image.open(f).convert("RGB")) for f in files])
 
 
