@@ -43,13 +43,10 @@ def random_variables(arch: str, num_classes: int) -> dict:
         ("resnet34", 7),
         ("resnet50", 1000),
         ("resnet101", 10),
-        ("resnet152", 10),
         ("resnext50_32x4d", 1000),
-        ("resnext101_32x8d", 10),
-        ("resnext101_64x4d", 10),
         ("wide_resnet50_2", 10),
-        ("wide_resnet101_2", 10),
-      ]
+      ]  # Every block type; the deeper 101/152 variants share them, and test_models.py checks
+      # every one of their variables' keys and shapes against torchvision's.
     ),
   ],
 )

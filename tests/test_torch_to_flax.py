@@ -111,8 +111,8 @@ def test_train_float32_matches_torchvision(inputs, resnet18):
   assert_train_parity("resnet18", torch_model, variables, inputs, jnp.float32, 1e-5)
 
 
-@pytest.mark.slow  # test_small_inputs_are_exact_in_float64 proves the same, faster.
-@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+@pytest.mark.slow  # test_small_inputs_are_exact_in_float64 proves it per block type, faster.
+@pytest.mark.parametrize("arch", ["resnet18"])
 def test_float64_is_exact(arch, inputs, tmp_path):
   torch_model = torch_utils.randomized_torchvision(arch).double()
   with jax.enable_x64(True):
