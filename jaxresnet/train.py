@@ -120,10 +120,18 @@ def create_state(
 def check_config_changes(
   config: ml_collections.ConfigDict, workdir: pathlib.Path, allow: bool
 ) -> dict[str, tuple]:
-  """The fields changed since the first launch; refuses protected ones unless `allow`."""
-  from configs import default  # noqa: PLC0415  (beside every config file, which imports it)
+  """The fields changed since the first launch; refuses protected ones unless `allow`.
 
-  changes = workdir_lib.config_changes(workdir, config, default.get_config())
+  A field missing from an older config.json compares as its value in configs/default.py, where
+  that is importable (beside this repository's config files); elsewhere as its value now.
+  """
+  try:
+    from configs import default  # noqa: PLC0415
+
+    defaults = default.get_config()
+  except ImportError:
+    defaults = config
+  changes = workdir_lib.config_changes(workdir, config, defaults)
   protected = workdir_lib.protected_changes(changes, config)
   if protected and not allow:
     details = "; ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in protected)

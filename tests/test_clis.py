@@ -28,8 +28,8 @@ from tests import train_helpers as th
 def test_converted_weights_predict_like_torchvision_before_training(
   cifar_root, tmp_path, exact_matmuls
 ):
-  """300 real test images, 32x32 resized to 64 (224, the paper's size, costs 12x more here)."""
-  num_images, image_size = 300, 64
+  """300 real test images, 32x32 resized to 48 (224, the paper's size, costs 20x more here)."""
+  num_images, image_size = 300, 48
   source = torch_utils.randomized_torchvision("resnet18")  # 1000 classes.
   torch_utils.convert_with_cli(source, tmp_path, "resnet18", "--num-classes", "10")
   converted = tmp_path / "resnet18-flax"  # Where convert_with_cli writes.

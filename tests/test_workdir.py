@@ -125,7 +125,7 @@ def test_evaluate_names_a_damaged_checkpoint(relaunchable):
   assert "--checkpoint (one of [3, 6])" in message
 
 
-@pytest.mark.parametrize("verbose", [False, True])
+@pytest.mark.parametrize("verbose", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_cli_user_errors_are_one_line_without_traceback(tmp_path, verbose):
   command = [sys.executable, "-m", "jaxresnet.train", "--config", "configs/quick.py",
              "--workdir", str(tmp_path / "run"), "--config.optimizer=rmsprop"]  # fmt: skip
