@@ -10,7 +10,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-SPLITS = {"train": "train_epoch", "val": "val", "test": "test"}  # Curve label -> record prefix.
+# The end-of-epoch records' prefixes ("train_epoch/loss", "val/accuracy", ...), in report order,
+# and each one's curve label.
+EPOCH_SPLITS = {"train_epoch": "train", "val": "val", "test": "test"}
 
 
 def epoch_series(history: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
@@ -25,7 +27,7 @@ def plot_curves(
   """Loss and accuracy per epoch for train, val and test (the paper's Figs. 4 and 5)."""
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
-    for label, prefix in SPLITS.items():
+    for prefix, label in EPOCH_SPLITS.items():
       epochs, values = epoch_series(history, f"{prefix}/{metric}")
       if last_epochs:
         start = max(0.0, (epochs[-1] if epochs else 0) - last_epochs)

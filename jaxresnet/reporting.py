@@ -7,12 +7,16 @@ is the train loop's to decide.
 import math
 import time
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
 from absl import logging
 
-from jaxresnet import metric_writers, metrics
+from jaxresnet import figures, metrics
+
+if TYPE_CHECKING:
+  from jaxresnet import metric_writers
 
 
 class Meter:
@@ -45,7 +49,7 @@ class Progress:
   The clock runs only while training: evaluation time is paused out of images/s and the ETA.
   """
 
-  def __init__(self, writer: metric_writers.MultiWriter, num_steps: int, steps_per_epoch: int,
+  def __init__(self, writer: "metric_writers.MultiWriter", num_steps: int, steps_per_epoch: int,
                batch_size: int, start_step: int):  # fmt: skip
     self._writer, self._num_steps = writer, num_steps
     self._steps_per_epoch, self._batch_size = steps_per_epoch, batch_size
@@ -94,7 +98,7 @@ class Progress:
     self._writer.flush()
     results = {**train_results, **evaluated}
     now = time.perf_counter()
-    order = ["train_epoch", "val", "test"]
+    order = list(figures.EPOCH_SPLITS)
     splits = sorted({key.split("/")[0] for key in results}, key=order.index)
     parts = [
       f"{split.removesuffix('_epoch')} loss {results[f'{split}/loss']:.4f}, accuracy "

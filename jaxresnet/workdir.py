@@ -37,7 +37,7 @@ DAMAGED_DIR = "damaged"
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
 PER_CLASS_TABLE = "per_class_accuracy.txt"
-EPOCH_KEYS = ("train_epoch/", "test/", "val/")  # Prefixes of the end-of-epoch records.
+EPOCH_KEYS = tuple(f"{split}/" for split in figures.EPOCH_SPLITS)  # The end-of-epoch records.
 
 
 def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
@@ -220,7 +220,7 @@ def last_epoch_results(workdir: pathlib.Path) -> dict[str, float]:
 
 def evaluated_epochs(workdir: pathlib.Path) -> set[int]:
   """The epochs whose evaluation was recorded."""
-  prefixes = tuple(p for p in EPOCH_KEYS if p != "train_epoch/")
+  prefixes = tuple(f"{split}/" for split in figures.EPOCH_SPLITS if split != "train_epoch")
   return {
     int(r["epoch"]) for r in _epoch_records(workdir) if any(k.startswith(prefixes) for k in r)
   }

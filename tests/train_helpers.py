@@ -2,7 +2,6 @@
 
 import contextlib
 import hashlib
-import json
 import os
 import pathlib
 import subprocess
@@ -151,7 +150,3 @@ def snapshot(directory: pathlib.Path) -> dict[str, tuple[str, int]]:
     for path in sorted(directory.rglob("*"))
     if path.is_file()
   }
-
-
-def read_json(path: pathlib.Path) -> dict:
-  return json.loads(path.read_text())

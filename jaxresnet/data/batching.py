@@ -83,10 +83,10 @@ def load_batches(split: sources.Split, indices: Iterator[Batch], prefetch: int) 
     files, rest = pending.popleft()
     return {"image": np.stack([file.result() for file in files]), **rest}
 
+  size = split.image_shape[0]
   try:
     for batch in indices:
       index = batch.pop("index")
-      size = split.image_shape[0]
       files = [pool.submit(decode.read_image, split.paths[i], size) for i in index]
       pending.append((files, {"label": split.labels[index], **batch}))
       if len(pending) > prefetch:
