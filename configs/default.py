@@ -42,6 +42,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.init_from = "IMAGENET1K_V1"
   config.weights_cache_dir = "~/.cache/jaxresnet"  # Where torchvision weights are converted once.
 
+  # Fine-tuning controls (README, "Fine-tuning"). freeze: "none", "head_only" (a linear probe),
+  # or the last frozen part: "stem", "layer1", "layer2", "layer3". batchnorm: "train", or
+  # "frozen" (every BatchNorm in eval mode, its statistics and affine parameters fixed).
+  config.freeze = "none"
+  config.batchnorm = "train"
+  config.backbone_lr_multiplier = 1.0  # The body's learning rate is learning_rate times this.
+  config.weight_decay_bn_bias = True  # False: BatchNorm parameters and biases get no decay.
+  # "none", "balanced" (n / (k * n_c) from the training split's counts), or "w1,w2,...,wK":
+  # per-class loss weights, as torch.nn.CrossEntropyLoss(weight=...).
+  config.class_weights = "none"
+
   # Optimizer (set by the variants).
   config.optimizer = "sgd"
   config.learning_rate = 0.001

@@ -15,12 +15,13 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from jaxresnet import errors
+from jaxresnet import errors, optimizers
 from jaxresnet import workdir as workdir_lib
 
-# The model-info fields a workdir's checkpoints must match to be resumed (the optimizer fixes the
-# state's tree); the others (BatchNorm counters at the start) describe the run.
-IDENTITY = ("model", "num_classes", "class_names", "optimizer")
+# The model-info fields a workdir's checkpoints must match to be resumed (the optimizer and the
+# fine-tuning controls fix the state's tree); the others (BatchNorm counters at the start)
+# describe the run.
+IDENTITY = ("model", "num_classes", "class_names", "optimizer", *optimizers.LAYOUT_DEFAULTS)
 
 
 def create_managers(workdir: pathlib.Path, keep: int) -> dict[str, ocp.CheckpointManager]:
@@ -112,6 +113,7 @@ def _move_aside(
 
 def check_compatible(saved: dict, model_info: dict, directory: pathlib.Path) -> None:
   """Refuses checkpoints of another model (before anything is written): the `IDENTITY` fields."""
+  saved = {**optimizers.LAYOUT_DEFAULTS, **saved}  # Checkpoints from before those fields.
   different = {k: (saved.get(k), model_info[k]) for k in IDENTITY if saved.get(k) != model_info[k]}
   if different:
     details = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in different.items())

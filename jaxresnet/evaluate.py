@@ -1,7 +1,8 @@
 """Evaluates a trained run: `python -m jaxresnet.evaluate --workdir DIR [--checkpoint best]`.
 
-Prints the loss, accuracy and per-class accuracy on a split (the run's eval split by default),
-and writes the confusion matrix as a PNG next to the checkpoints.
+Prints the loss, accuracy and per-class scores on a split (the run's eval split by default), and
+writes the confusion matrix (and, up to 20 classes, the ROC and precision-recall curves) as PNGs
+in the workdir.
 """
 
 import pathlib
@@ -9,7 +10,16 @@ import pathlib
 import jax
 from absl import app, flags, logging
 
-from jaxresnet import checkpointing, cli, evaluation, figures, models, parallel, reporting
+from jaxresnet import (
+  checkpointing,
+  cli,
+  evaluation,
+  figures,
+  models,
+  parallel,
+  reporting,
+  scores,
+)
 from jaxresnet import workdir as workdir_lib
 from jaxresnet.data import dataset as dataset_lib
 
@@ -38,12 +48,17 @@ def main(argv: list[str]) -> None:
   name = f"{result['split']}_step{result['step']}".replace("[", "_").replace(":", "-")
   name = "".join(c for c in name if c.isalnum() or c in "_-%")
   title = f"{result['split']} confusion matrix, step {result['step']}"
-  png = workdir / f"confusion_matrix_{name}.png"
-  figures.plot_confusion_matrix(confusion, result["class_names"], png, title)
-  logging.info("Wrote %s", png)
+  class_names = result["class_names"]
+  pngs = [workdir / f"confusion_matrix_{name}.png"]
+  figures.plot_confusion_matrix(confusion, class_names, pngs[0], title)
+  pngs += figures.plot_one_vs_rest_curves(result["probabilities"], result["labels"], class_names,
+                                          workdir, f"_{name}",
+                                          f"{result['split']}, step {result['step']}")  # fmt: skip
+  logging.info("Wrote %s", ", ".join(map(str, pngs)))
   print(f"{cli.FLAGS.checkpoint} checkpoint (step {result['step']}) on {result['split']}: "
         f"loss {result['loss']:.4f}, accuracy {100 * result['accuracy']:.2f}%")  # fmt: skip
-  print(reporting.per_class_table(confusion, result["class_names"]))
+  auc = scores.one_vs_rest(result["probabilities"], result["labels"])["auc"]
+  print(reporting.per_class_table(confusion, class_names, auc))
   print("confusion matrix (rows: true, columns: predicted):")
   print(confusion)
 

@@ -1,4 +1,5 @@
-"""Evaluators: loss, accuracy and confusion matrix of a model on one split, every example once.
+"""Evaluators: a model's loss, accuracy, confusion matrix and probabilities on one split, every
+example once.
 
 An evaluator is built once per split and reused every epoch. It works on model variables
 ({"params", "batch_stats"}), so training, the `evaluate` CLI and anything else can use it without
@@ -14,7 +15,9 @@ import ml_collections
 from jaxresnet import models, parallel
 from jaxresnet.data import dataset as dataset_lib
 
-Results = dict[str, Any]  # "loss", "accuracy" (floats), "confusion_matrix" (int [K, K]).
+# "loss", "accuracy" (floats), "confusion_matrix" (int [K, K]), and each example's
+# "probabilities" (float [N, K]) and "labels" (int [N]), in the split's order.
+Results = dict[str, Any]
 
 
 class Abandoned(Exception):
@@ -42,7 +45,12 @@ class Evaluator:
       batch_metrics = self._step(variables, parallel.to_global(batch, self._mesh))
       totals = batch_metrics if totals is None else totals.merge(batch_metrics)
     computed = jax.device_get(totals.compute())
-    return {k: computed[k] if k == "confusion_matrix" else float(computed[k]) for k in computed}
+    predictions = computed["predictions"]
+    kept = predictions["mask"].astype(bool)  # Not the last batch's padding.
+    return {"loss": float(computed["loss"]), "accuracy": float(computed["accuracy"]),
+            "confusion_matrix": computed["confusion_matrix"],
+            "probabilities": predictions["probabilities"][kept],
+            "labels": predictions["labels"][kept]}  # fmt: skip
 
 
 def create_evaluators(

@@ -1,4 +1,5 @@
-"""The paper's figures as PNGs: loss and accuracy curves per epoch, and the confusion matrix."""
+"""The run's figures as PNGs: the paper's loss and accuracy curves per epoch and confusion
+matrix, and the one-vs-rest ROC and precision-recall curves imbalanced classes call for."""
 
 import pathlib
 from collections.abc import Sequence
@@ -10,9 +11,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from jaxresnet import scores  # noqa: E402
+
 # The end-of-epoch records' prefixes ("train_epoch/loss", "val/accuracy", ...), in report order,
 # and each one's curve label.
 EPOCH_SPLITS = {"train_epoch": "train", "val": "val", "test": "test"}
+MAX_CURVE_CLASSES = 20  # Beyond this, one curve per class is unreadable.
 
 
 def epoch_series(history: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
@@ -66,6 +70,55 @@ def plot_confusion_matrix(
     for (i, j), count in np.ndenumerate(confusion):
       color = "white" if count > threshold else "black"
       ax.text(j, i, str(count), ha="center", va="center", color=color, fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_one_vs_rest_curves(probabilities: np.ndarray, labels: np.ndarray,
+                            class_names: Sequence[str], directory: pathlib.Path, suffix: str,
+                            title: str) -> list[pathlib.Path]:  # fmt: skip
+  """directory/roc{suffix}.png and precision_recall{suffix}.png, for up to `MAX_CURVE_CLASSES`.
+
+  Returns:
+    The files written; none beyond `MAX_CURVE_CLASSES` classes.
+  """
+  if len(class_names) > MAX_CURVE_CLASSES:
+    return []
+  paths = []
+  for kind in ("roc", "precision_recall"):
+    paths.append(directory / f"{kind}{suffix}.png")
+    _plot_one_vs_rest(probabilities, labels, class_names, kind, paths[-1], f"{title}: {kind}")
+  return paths
+
+
+def _plot_one_vs_rest(probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+                      kind: str, path: pathlib.Path, title: str) -> None:  # fmt: skip
+  """Each class's ROC ("roc") or precision-recall ("precision_recall") curve against the rest,
+  its AUC or average precision in the legend."""
+  fig, ax = plt.subplots(figsize=(7, 6))
+  summary = scores.one_vs_rest(probabilities, labels)
+  for c, name in enumerate(class_names):
+    positive = labels == c
+    if positive.all() or not positive.any():  # Undefined: one side is empty.
+      continue
+    if kind == "roc":
+      x, y = scores.roc_curve(probabilities[:, c], positive)
+      ax.plot(x, y, label=f"{name} (AUC {summary['auc'][c]:.3f})")
+    else:
+      y, x = scores.precision_recall_curve(probabilities[:, c], positive)
+      ax.step(x, y, where="post", label=f"{name} (AP {summary['average_precision'][c]:.3f})")
+  if kind == "roc":
+    ax.plot([0, 1], [0, 1], color="gray", linestyle=":", linewidth=1)  # Chance.
+  names = {"roc": ("false positive rate", "true positive rate"),
+           "precision_recall": ("recall", "precision")}  # fmt: skip
+  ax.set_xlabel(names[kind][0])
+  ax.set_ylabel(names[kind][1])
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1.02)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc="lower right" if kind == "roc" else "lower left")
+  ax.set_title(title)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)

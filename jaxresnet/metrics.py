@@ -1,12 +1,12 @@
 """CLU metric collections for training and evaluation, including the confusion matrix.
 
-Every eval metric honours the batch mask, so the padding of the last eval batch never counts.
+Every eval metric honours the batch mask, so the padding of the last eval batch never counts
+(the collected predictions carry it, for `evaluation.Evaluator` to apply).
 """
 
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 from clu import metrics
 
 
@@ -34,9 +34,16 @@ class ConfusionMatrix(metrics.Metric):
 
 @flax.struct.dataclass
 class EvalMetrics(metrics.Collection):
+  """A split's loss, accuracy and confusion matrix, and every example's class probabilities.
+
+  The probabilities (for ROC AUC, `scores.one_vs_rest`) are collected on the host, batch by
+  batch, as global batches: every process gets all of them, and their mask.
+  """
+
   loss: metrics.Average.from_output("loss")
   accuracy: metrics.Accuracy
   confusion_matrix: ConfusionMatrix
+  predictions: metrics.CollectingMetric.from_outputs(("probabilities", "labels", "mask"))
 
 
 @flax.struct.dataclass
@@ -45,10 +52,3 @@ class TrainMetrics(metrics.Collection):
   accuracy: metrics.Average.from_output("accuracy")
   grad_norm: metrics.Average.from_output("grad_norm")
   param_norm: metrics.LastValue.from_output("param_norm")
-
-
-def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
-  """Recall of each true class (row); NaN for a class with no examples."""
-  totals = confusion.sum(axis=1)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    return np.diag(confusion) / totals

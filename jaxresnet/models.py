@@ -106,6 +106,7 @@ class BatchNorm(nn.Module):
 
   momentum: float = 0.9
   epsilon: float = 1e-5
+  frozen: bool = False  # Eval mode always, and no gradient to the affine parameters.
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -114,6 +115,9 @@ class BatchNorm(nn.Module):
     features = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+    if self.frozen:
+      train = False
+      scale, bias = jax.lax.stop_gradient(scale), jax.lax.stop_gradient(bias)
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), self.param_dtype)
     ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), self.param_dtype)
 
@@ -223,29 +227,42 @@ class ResNet(nn.Module):
   parameters and BatchNorm statistics stay in `param_dtype`. The stem's and each stage's output
   are sown into the "intermediates" collection (`stem`, `layerN/output`), so parity tests can
   compare every stage.
+
+  Fine-tuning controls (they change training only; evaluation is the same network):
+    freeze: the stages up to this one (`FREEZE`) are fixed, as torch's `requires_grad_(False)`
+      plus `.eval()` on them: their BatchNorm uses its running statistics, and
+      `stop_gradient` on their output means no backward pass runs through them at all.
+    batchnorm: "frozen" puts every BatchNorm in eval mode and stops the gradient to its affine
+      parameters (torchvision's FrozenBatchNorm2d, the usual choice on small data sets).
   """
 
   stage_sizes: Sequence[int]
   block_cls: ModuleDef  # BasicBlock, Bottleneck, or a partial of it with groups / base_width.
   num_classes: int = 1000
+  freeze: str = "none"
+  batchnorm: str = "train"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     conv = functools.partial(Conv, dtype=self.dtype, param_dtype=self.param_dtype)
-    norm = functools.partial(BatchNorm, dtype=self.dtype, param_dtype=self.param_dtype)
+    norm = functools.partial(BatchNorm, frozen=self.batchnorm == "frozen", dtype=self.dtype,
+                             param_dtype=self.param_dtype)  # fmt: skip
+    frozen = frozen_stages(self.freeze)
+
+    def stage_output(name: str, y: jax.Array) -> jax.Array:
+      return jax.lax.stop_gradient(y) if name in frozen else y
 
     x = conv(64, (7, 7), 2, padding=3, name="conv1")(x.astype(self.dtype))
-    x = nn.relu(norm(name="bn1")(x, train))
+    x = nn.relu(norm(name="bn1")(x, train and "stem" not in frozen))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # Pads with -inf.
+    x = stage_output("stem", x)
     self.sow("intermediates", "stem", x)
     for i, num_blocks in enumerate(self.stage_sizes):
-      strides = 1 if i == 0 else 2
-      stage = Stage(
-        self.block_cls, num_blocks, 64 * 2**i, strides, conv, norm, name=f"layer{i + 1}"
-      )
-      x = stage(x, train)
+      strides, name = (1 if i == 0 else 2), f"layer{i + 1}"
+      stage = Stage(self.block_cls, num_blocks, 64 * 2**i, strides, conv, norm, name=name)
+      x = stage_output(name, stage(x, train and name not in frozen))
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(
       self.num_classes,
@@ -275,6 +292,11 @@ WideResNet50_2 = functools.partial(ResNet50, block_cls=_bottleneck(1, 128))
 WideResNet101_2 = functools.partial(ResNet101, block_cls=_bottleneck(1, 128))
 
 DTYPES = ("float32", "bfloat16")  # config.dtype: the compute dtype of a training run.
+# The network's parts from the input up: torchvision's conv1 + bn1 (the stem), then its stages.
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+# config.freeze: nothing, the parts up to a stage, or every part but the head (a linear probe).
+FREEZE = ("none", "stem", "layer1", "layer2", "layer3", "head_only")
+BATCHNORM = ("train", "frozen")  # config.batchnorm.
 # torchvision's names and order (torchvision.models.resnet.__all__).
 MODELS: dict[str, Callable[..., ResNet]] = {
   "resnet18": ResNet18,
@@ -290,7 +312,26 @@ MODELS: dict[str, Callable[..., ResNet]] = {
 }
 
 
-def create_model(arch: str, num_classes: int, dtype: Dtype = "float32") -> ResNet:
+def frozen_stages(freeze: str) -> tuple[str, ...]:
+  """The `STAGES` that config.freeze fixes, in order."""
+  if freeze not in FREEZE:
+    raise ValueError(f"Unknown freeze {freeze!r}: choose one of {list(FREEZE)}.")
+  return STAGES[: FREEZE.index(freeze)]
+
+
+def stage_of(path: Sequence[str]) -> str:
+  """The `STAGES` entry, or "head", that owns the parameter at `path` ("layer1", "0", ...)."""
+  top = path[0]
+  return "stem" if top in ("conv1", "bn1") else "head" if top == "fc" else top
+
+
+def create_model(
+  arch: str,
+  num_classes: int,
+  dtype: Dtype = "float32",
+  freeze: str = "none",
+  batchnorm: str = "train",
+) -> ResNet:
   """Builds a ResNet by torchvision's name, with a clear error for an unknown one.
 
   Args:
@@ -298,10 +339,15 @@ def create_model(arch: str, num_classes: int, dtype: Dtype = "float32") -> ResNe
     num_classes: the head's size.
     dtype: the compute dtype, by name ("float32", "bfloat16", "float64") or as a dtype;
       parameters stay float32.
+    freeze, batchnorm: the fine-tuning controls (see `ResNet`); inference ignores them.
   """
   if arch not in MODELS:
     raise ValueError(f"Unknown model {arch!r}: choose one of {list(MODELS)}.")
-  return MODELS[arch](num_classes=num_classes, dtype=jnp.dtype(dtype))
+  if batchnorm not in BATCHNORM:
+    raise ValueError(f"Unknown batchnorm {batchnorm!r}: choose one of {list(BATCHNORM)}.")
+  frozen_stages(freeze)  # Validates it.
+  return MODELS[arch](num_classes=num_classes, dtype=jnp.dtype(dtype), freeze=freeze,
+                      batchnorm=batchnorm)  # fmt: skip
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -51,10 +51,12 @@ def check_batch_size(batch_size: int, mesh: Mesh, field: str) -> None:
     )
 
 
-def jit_train_step(config: ml_collections.ConfigDict, mesh: Mesh):
+def jit_train_step(
+  config: ml_collections.ConfigDict, mesh: Mesh, class_weights: np.ndarray | None = None
+):
   """`steps.train_step` jitted over `mesh`; the input state's buffers are donated."""
   return jax.jit(
-    functools.partial(steps.train_step, config=config),
+    functools.partial(steps.train_step, config=config, class_weights=class_weights),
     in_shardings=(replicated(mesh), batch_sharded(mesh), replicated(mesh)),
     out_shardings=(replicated(mesh), replicated(mesh)),
     donate_argnums=(0,),

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from jaxresnet import figures, metrics
+from jaxresnet import figures, metrics, scores
 
 if TYPE_CHECKING:
   from jaxresnet import metric_writers
@@ -111,19 +111,40 @@ class Progress:
     self._epoch_start = now
 
 
-def per_class_table(confusion: np.ndarray, class_names: Sequence[str]) -> str:
-  """Per-class accuracy and counts as aligned text, overall accuracy last."""
-  totals = confusion.sum(axis=1)
+def per_class_table(
+  confusion: np.ndarray, class_names: Sequence[str], auc: np.ndarray | None = None
+) -> str:
+  """Each class's accuracy (its recall), counts, precision, F1 and one-vs-rest AUC as aligned
+  text; the overall accuracy, then the macro scores an imbalanced data set is judged by.
+  """
+  classes = scores.per_class(confusion)
+  auc = np.full(len(class_names), np.nan) if auc is None else np.asarray(auc)
   width = max(len("overall"), *(len(n) for n in class_names))
-  lines = [f"{'class':<{width}}  accuracy  correct / total"]
-  for name, correct, total in zip(class_names, np.diag(confusion), totals, strict=True):
-    accuracy = f"{100 * correct / total:7.2f}%" if total else "      - "
-    lines.append(f"{name:<{width}}  {accuracy}  {correct:>7} / {total}")
+  lines = [f"{'class':<{width}}  accuracy  correct / total  precision       F1     AUC"]
+  rows = zip(class_names, np.diag(confusion), classes["support"], classes["precision"],
+             classes["f1"], auc, strict=True)  # fmt: skip
+  for name, correct, total, precision, f1, class_auc in rows:
+    accuracy = _percent(correct / total if total else np.nan)
+    lines.append(f"{name:<{width}}  {accuracy}  {correct:>7} / {total:<5}  {_percent(precision)}  "
+                 f"{_percent(f1)}  {_fraction(class_auc)}")  # fmt: skip
   overall = np.trace(confusion) / max(1, confusion.sum())
-  lines.append(
-    f"{'overall':<{width}}  {100 * overall:7.2f}%  {np.trace(confusion):>7} / {confusion.sum()}"
-  )
+  lines.append(f"{'overall':<{width}}  {_percent(overall)}  {np.trace(confusion):>7} / "
+               f"{confusion.sum()}")  # fmt: skip
+  macro = {"balanced accuracy": _percent(scores.balanced_accuracy(confusion)),
+           "macro precision": _percent(scores.macro(classes["precision"])),
+           "macro F1": _percent(scores.macro(classes["f1"])),
+           "macro AUC (one vs rest)": _fraction(scores.macro(auc))}  # fmt: skip
+  lines.append("")
+  lines += [f"{name:<24} {value.strip()}" for name, value in macro.items()]
   return "\n".join(lines)
+
+
+def _percent(value: float) -> str:
+  return "       -" if np.isnan(value) else f"{100 * value:7.2f}%"
+
+
+def _fraction(value: float) -> str:
+  return "     -" if np.isnan(value) else f"{value:.4f}"
 
 
 def format_duration(seconds: float) -> str:

@@ -12,7 +12,7 @@ import ml_collections
 import optax
 from flax.training import train_state
 
-from jaxresnet import metrics, preprocess
+from jaxresnet import losses, metrics, preprocess
 
 Batch = dict[str, jax.Array]
 
@@ -30,23 +30,19 @@ def create_train_state(model: Any, variables: dict, tx: optax.GradientTransforma
   )
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-  """Per-example cross-entropy, as torch.nn.CrossEntropyLoss(label_smoothing=...) computes it."""
-  targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
-  if label_smoothing:
-    targets = optax.smooth_labels(targets, label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets)
-
-
 def update(
-  state: TrainState, images: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
+  state: TrainState,
+  images: jax.Array,
+  labels: jax.Array,
+  label_smoothing: float = 0.0,
+  class_weights: jax.Array | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step on preprocessed images: forward, loss, backward, update, BN stats."""
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
     logits, new_state = state.apply_fn(variables, images, train=True, mutable=["batch_stats"])
-    loss = jnp.mean(cross_entropy(logits, labels, label_smoothing))
+    loss = losses.weighted_loss(logits, labels, label_smoothing, class_weights)
     return loss, (logits, new_state["batch_stats"])
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -61,12 +57,16 @@ def update(
 
 
 def train_step(
-  state: TrainState, batch: Batch, rng: jax.Array, config: ml_collections.ConfigDict
+  state: TrainState,
+  batch: Batch,
+  rng: jax.Array,
+  config: ml_collections.ConfigDict,
+  class_weights: jax.Array | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """Preprocesses a uint8 batch with flips drawn from `rng` folded with the step, then updates."""
   step_rng = jax.random.fold_in(rng, state.step)
   images = preprocess.preprocess(batch["image"], config, rng=step_rng)
-  return update(state, images, batch["label"], config.label_smoothing)
+  return update(state, images, batch["label"], config.label_smoothing, class_weights)
 
 
 def variables_of(state: TrainState) -> dict[str, Any]:
@@ -89,8 +89,9 @@ def eval_step(
   return metrics.EvalMetrics.single_from_model_output(
     logits=logits,
     labels=batch["label"],
-    loss=cross_entropy(logits, batch["label"]),
+    loss=losses.cross_entropy(logits, batch["label"]),
     mask=batch["mask"],
+    probabilities=jax.nn.softmax(logits),
   )
 
 

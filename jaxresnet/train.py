@@ -24,6 +24,7 @@ from jaxresnet import (
   distributed,
   errors,
   evaluation,
+  losses,
   metric_writers,
   models,
   optimizers,
@@ -31,6 +32,7 @@ from jaxresnet import (
   preemption,
   pretrained,
   reporting,
+  scores,
   steps,
 )
 from jaxresnet import workdir as workdir_lib
@@ -40,7 +42,8 @@ from jaxresnet.data import dataset as dataset_lib
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Fails on a bad value before anything is read or written, naming the field and the fix."""
   choices = {"model": models.MODELS, "dtype": models.DTYPES, "optimizer": optimizers.OPTIMIZERS,
-             "lr_schedule": optimizers.SCHEDULES}  # fmt: skip
+             "lr_schedule": optimizers.SCHEDULES, "freeze": models.FREEZE,
+             "batchnorm": models.BATCHNORM}  # fmt: skip
   for field, allowed in choices.items():
     if config[field] not in allowed:
       raise errors.UserError(
@@ -51,6 +54,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for field in positive:
     if not config[field] > 0:
       raise errors.UserError(f"config.{field} must be positive, got {config[field]!r}.")
+  if config.backbone_lr_multiplier < 0:
+    raise errors.UserError(
+      f"config.backbone_lr_multiplier must be >= 0, got {config.backbone_lr_multiplier}."
+    )
   pretrained.resolve(config.init_from)  # A missing init_from directory fails here.
 
 
@@ -194,15 +201,19 @@ def end_epoch(
                 run.evaluators.items()}  # fmt: skip
   except evaluation.Abandoned:
     raise stopped(run, step) from None
-  evaluated = {f"{name}/{k}": split[k] for name, split in computed.items()
-               for k in ("loss", "accuracy")}  # fmt: skip
+  evaluated = {}
+  for name, split in computed.items():
+    split["auc"] = scores.one_vs_rest(split["probabilities"], split["labels"])["auc"]
+    summary = scores.summary(split["confusion_matrix"], split["auc"], run.model_info["class_names"])
+    split_record = {"loss": split["loss"], "accuracy": split["accuracy"], **summary}
+    evaluated.update({f"{name}/{k}": v for k, v in split_record.items()})
   run.progress.log_epoch(step, epoch, evaluated, train_results=results)
   if "val" in computed:  # Selection on validation only, never on test.
     val = {"val_accuracy": evaluated["val/accuracy"]}
     checkpointing.save(run.managers["best"], state, run.model_info, val)
   if jax.process_index() == 0 and "test" in computed:
-    confusion = computed["test"]["confusion_matrix"]
-    workdir_lib.write_epoch_report(run.workdir, confusion, run.model_info["class_names"], epoch)
+    workdir_lib.write_epoch_report(run.workdir, computed["test"], run.model_info["class_names"],
+                                   epoch)  # fmt: skip
   return {**results, **evaluated}
 
 
@@ -244,15 +255,19 @@ def train_and_evaluate(
   dataset = dataset_lib.create_dataset(config, splits)
   info = dataset.info
   check_num_classes(config, info)
+  class_weights = losses.resolve_class_weights(config.class_weights,
+                                               info.class_counts[config.train_split])  # fmt: skip
   steps_per_epoch = info.num_examples[config.train_split] // config.batch_size
   num_steps = config.num_epochs * steps_per_epoch
 
   with workdir_lib.locked(workdir, primary=jax.process_index() == 0):
     # Model and state: the workdir's checkpoint, else converted weights, else scratch.
-    model = models.create_model(config.model, info.num_classes, config.dtype)
+    model = models.create_model(config.model, info.num_classes, config.dtype, config.freeze,
+                                config.batchnorm)  # fmt: skip
     tx = optimizers.create_optimizer(config, steps_per_epoch)
     model_info = {"model": config.model, "num_classes": info.num_classes,
-                  "class_names": list(info.class_names), "optimizer": config.optimizer}  # fmt: skip
+                  "class_names": list(info.class_names), "optimizer": config.optimizer,
+                  **{k: config[k] for k in optimizers.LAYOUT_DEFAULTS}}  # fmt: skip
     managers = checkpointing.create_managers(workdir, config.keep_checkpoints)
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
     state, model_info = create_state(config, model, tx, model_info, managers["latest"], workdir,
@@ -261,7 +276,7 @@ def train_and_evaluate(
     changes = check_config_changes(config, workdir, allow_config_change)  # After the model's.
 
     # Jitted steps over the mesh: training, and one evaluator per eval split.
-    train_step = parallel.jit_train_step(config, mesh)
+    train_step = parallel.jit_train_step(config, mesh, class_weights)
     evaluators = evaluation.create_evaluators(config, dataset, model, mesh)
 
     # Reporting.

@@ -7,6 +7,7 @@
     WORKDIR/events.out.tfevents.*      the same records for TensorBoard
     WORKDIR/checkpoints/, best/        Orbax checkpoints (see `checkpointing`)
     WORKDIR/curves.png, curves_last10.png, confusion_matrix.png, per_class_accuracy.txt
+    WORKDIR/roc.png, precision_recall.png   the test split's one-vs-rest curves (<= 20 classes)
     WORKDIR/damaged/                   checkpoints that failed to restore, moved aside, kept
 
 The metrics file is also the run's history: figures are redrawn from it after every epoch, and
@@ -22,9 +23,9 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import ml_collections
-import numpy as np
 from absl import logging
 
 from jaxresnet import errors, figures, reporting
@@ -227,12 +228,21 @@ def evaluated_epochs(workdir: pathlib.Path) -> set[int]:
 
 
 def write_epoch_report(
-  workdir: pathlib.Path, confusion: np.ndarray, class_names: Sequence[str], epoch: int
+  workdir: pathlib.Path, test: Mapping[str, Any], class_names: Sequence[str], epoch: int
 ) -> None:
-  """The curves (from the metrics file), the test confusion matrix and the per-class table."""
+  """The curves (from the metrics file), and the test split's confusion matrix, per-class table
+  and (up to `figures.MAX_CURVE_CLASSES` classes) ROC and precision-recall curves.
+
+  Args:
+    test: the test split's `evaluation.Results`, with "auc" (`scores.one_vs_rest`) added.
+  """
   history = read_history(workdir)
   figures.plot_curves(history, workdir / "curves.png")
   figures.plot_curves(history, workdir / "curves_last10.png", last_epochs=10)
+  confusion = test["confusion_matrix"]
   title = f"test confusion matrix, epoch {epoch}"
   figures.plot_confusion_matrix(confusion, class_names, workdir / "confusion_matrix.png", title)
-  (workdir / PER_CLASS_TABLE).write_text(reporting.per_class_table(confusion, class_names) + "\n")
+  figures.plot_one_vs_rest_curves(test["probabilities"], test["labels"], class_names, workdir, "",
+                                  f"test, epoch {epoch}")  # fmt: skip
+  table = reporting.per_class_table(confusion, class_names, test["auc"])
+  (workdir / PER_CLASS_TABLE).write_text(table + "\n")

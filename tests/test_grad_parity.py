@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from jaxresnet import models, steps
+from jaxresnet import losses, models
 from tests import torch_utils
 
 ARCH, NUM_CLASSES = "resnet18", 10
@@ -46,7 +46,7 @@ def flax_grads(
   def loss_fn(params):
     variables_in = {"params": params, "batch_stats": variables["batch_stats"]}
     logits, _ = model.apply(variables_in, images, train=True, mutable=["batch_stats"])
-    return jnp.mean(steps.cross_entropy(logits, labels))
+    return jnp.mean(losses.cross_entropy(logits, labels))
 
   return jax.tree.map(np.asarray, jax.jit(jax.grad(loss_fn))(variables["params"]))
 

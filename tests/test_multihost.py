@@ -260,6 +260,9 @@ def test_float32_two_processes_match_one(runs):
   assert max(ratios.values()) <= F32_TENSOR_TOL, name
   assert total <= F32_TOTAL_TOL
 
+  # Scores from every eval probability, gathered with the mask over both processes: as one's.
+  for key in ("test/macro_auc", "test/balanced_accuracy", "test/macro_f1"):
+    assert _series(two, key)[0] == pytest.approx(_series(one, key)[0], abs=1e-6), key
   # The first step's loss: same parameters, same global batch, sums in another order.
   (step, loss_one), (_, loss_two) = _series(one, "train/loss")[0], _series(two, "train/loss")[0]
   print(f"float32: first loss {loss_one!r} (1 process), {loss_two!r} (2 processes)")
@@ -267,7 +270,8 @@ def test_float32_two_processes_match_one(runs):
   # The eval split counted once over both processes, whose batches end in padding.
   for workdir in (one, two):
     table = (workdir / "per_class_accuracy.txt").read_text().splitlines()
-    assert table[-1].split()[-1] == str(NUM_TEST), table[-1]  # "overall ... correct / 10".
+    overall = next(line for line in table if line.startswith("overall"))
+    assert overall.split()[-1] == str(NUM_TEST), overall  # "overall ... correct / 10".
 
 
 @pytest.mark.slow

@@ -19,6 +19,10 @@ from tests import train_helpers as th
     ({"model": "resnet19"}, ValueError, ["config.model='resnet19'", "'resnet18'"]),
     ({"dataset": "mnist"}, ValueError, ["config.dataset = 'mnist'", "imagefolder:PATH"]),
     ({"batch_size": 0}, ValueError, ["config.batch_size must be positive"]),
+    ({"freeze": "layer4"}, ValueError, ["config.freeze='layer4'", "'head_only'"]),
+    ({"batchnorm": "eval"}, ValueError, ["config.batchnorm='eval'", "'frozen', 'train'"]),
+    ({"backbone_lr_multiplier": -0.1}, ValueError, ["backbone_lr_multiplier must be >= 0"]),
+    ({"class_weights": "1,2"}, ValueError, ["config.class_weights='1,2'", "10 non-negative"]),
     (
       {"init_from": "/nonexistent/weights"},
       FileNotFoundError,
@@ -45,15 +49,23 @@ def test_batch_size_not_divisible_by_devices_fails_before_writing(cifar_root, tm
   assert not workdir.exists()
 
 
-def test_workdir_of_another_model_is_refused_untouched(mock_run):
+@pytest.mark.parametrize(
+  "field, value, words",
+  [
+    ("model", "resnet34", "model: checkpoint 'resnet18' vs config 'resnet34'"),
+    # The fine-tuning controls change the optimizer state's tree.
+    ("freeze", "layer2", "freeze: checkpoint 'none' vs config 'layer2'"),
+  ],
+)
+def test_workdir_of_another_model_is_refused_untouched(mock_run, field, value, words):
   workdir, _, _, config = mock_run
   before = th.snapshot(workdir)
   other = config.copy_and_resolve_references()
-  other.model = "resnet34"
+  other[field] = value
   with th.mocked_cifar10(), pytest.raises(ValueError) as raised:
     train.train_and_evaluate(other, str(workdir))
   message = str(raised.value)
-  assert "model: checkpoint 'resnet18' vs config 'resnet34'" in message
+  assert words in message
   assert "Use a new --workdir" in message and "nothing was overwritten" in message
   assert th.snapshot(workdir) == before
 

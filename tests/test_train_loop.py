@@ -61,11 +61,13 @@ def test_quick_config_learns_real_cifar10_from_scratch(cifar_root, tmp_path):
   for name in ("curves.png", "curves_last10.png", "confusion_matrix.png"):
     with Image.open(workdir / name) as image:
       assert image.format == "PNG" and min(image.size) > 100, name
-  table = (workdir / "per_class_accuracy.txt").read_text().splitlines()
+  table = (workdir / "per_class_accuracy.txt").read_text().split("\n\n")[0].splitlines()
   assert [line.split()[0] for line in table[1:]] == [*cifar10_jpeg.CLASSES, "overall"]
   assert table[-1].split()[-1] == str(10 * th.TEST_PER_CLASS)  # "... correct / 2000".
   overall = float(table[-1].split()[1].rstrip("%")) / 100
   assert overall == pytest.approx(accuracy, abs=5e-5)
+  balanced = final["test/balanced_accuracy"]  # Equal to accuracy on balanced classes.
+  assert balanced == pytest.approx(accuracy, abs=1e-6) and 0.5 < final["test/macro_auc"] <= 1
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["dataset"] == f"imagefolder:{cifar_root}" and saved["init_from"] == ""
   # The console: a line per log step (every 10) and per epoch.
@@ -75,8 +77,18 @@ def test_quick_config_learns_real_cifar10_from_scratch(cifar_root, tmp_path):
 
 def test_smoke_in_process_on_mocked_tfds(mock_run):
   workdir, results, _, config = mock_run
-  assert set(results) == {"train_epoch/loss", "train_epoch/accuracy", "test/loss", "test/accuracy"}
+  core = {"train_epoch/loss", "train_epoch/accuracy", "test/loss", "test/accuracy"}
+  macro = {f"test/{k}" for k in ("balanced_accuracy", "macro_precision", "macro_recall",
+                                 "macro_f1", "macro_auc")}  # fmt: skip
+  # Per class: recall and F1 of the 9 classes the 24 mocked test images have, precision and AUC
+  # where defined (a class never predicted has no precision; it is left out, never NaN).
+  assert core | macro <= set(results)
+  per_class = {k.split("/")[1] for k in set(results) - core - macro}
+  assert per_class == {"precision", "recall", "f1", "auc"}
   assert all(np.isfinite(v) for v in results.values())
+  for name in ("roc.png", "precision_recall.png"):
+    with Image.open(workdir / name) as image:
+      assert image.format == "PNG" and min(image.size) > 100, name
   assert th.checkpoint_steps(workdir) == [3, 6]
   records = th.workdir_lib.read_history(workdir)
   assert records[0] == {"step": 0, "num_params": 11_181_642}  # ResNet-18, 10 classes: once.

@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 
 import ml_collections
+import numpy as np
 
 from jaxresnet import errors
 from jaxresnet.data import batching, sources
@@ -21,6 +22,7 @@ class DatasetInfo:
 
   class_names: tuple[str, ...]
   num_examples: Mapping[str, int]  # Per split string.
+  class_counts: Mapping[str, tuple[int, ...]]  # Per split string: examples of each class.
   image_shape: tuple[int, int, int]  # Source height, width, 3.
 
   @property
@@ -38,6 +40,10 @@ class Dataset:
     self.info = DatasetInfo(
       class_names=class_names,
       num_examples={spec: len(split.labels) for spec, split in self._splits.items()},
+      class_counts={
+        spec: tuple(np.bincount(split.labels, minlength=len(class_names)).tolist())
+        for spec, split in self._splits.items()
+      },
       image_shape=first.image_shape,
     )
 
