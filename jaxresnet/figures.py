@@ -86,9 +86,10 @@ def plot_one_vs_rest_curves(probabilities: np.ndarray, labels: np.ndarray,
   if len(class_names) > MAX_CURVE_CLASSES:
     return []
   paths = []
-  for kind in ("roc", "precision_recall"):
+  for kind, name in (("roc", "ROC"), ("precision_recall", "precision-recall")):
     paths.append(directory / f"{kind}{suffix}.png")
-    _plot_one_vs_rest(probabilities, labels, class_names, kind, paths[-1], f"{title}: {kind}")
+    _plot_one_vs_rest(probabilities, labels, class_names, kind, paths[-1],
+                      f"{name} curves, one class vs the rest: {title}")  # fmt: skip
   return paths
 
 
