@@ -135,7 +135,7 @@ def main(argv: list[str]) -> None:
         results += bench_cases.run_case(size, dtype, bs, n, args.device, mesh, folder, args)
         meta["loadavg_end"], meta["wall_s"] = os.getloadavg(), time.perf_counter() - start
         table = bench_report.format_table(results, meta)
-        bench_report.write_json(args.json, meta, results)
+        bench_report.write_json(args.json, meta, results, bench_report.case_ratios(results))
         if args.table:
           bench_report.write_table(args.table, table)
         print(table, flush=True)

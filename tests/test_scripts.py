@@ -206,6 +206,12 @@ META = {
   "git_commit": "0123456789abcdef",
   "git_dirty": True,
   "date": "2026-01-01",
+  "python": "3.11.7",
+  "jax": "0.1",
+  "jaxlib": "0.2",
+  "flax": "0.3",
+  "torch": "2.0",
+  "torchvision": "0.4",
 }
 
 
@@ -214,16 +220,25 @@ def cells(line: str) -> list[str]:
 
 
 def test_table_columns_rows_and_ratios():
+  compiled = result("torch_compile", 150.0, 500.0, 40.0, busy=0.0)
+  compiled["train"] |= {"compile_cold_s": 40.25, "compile_warm_s": 1.5}
+  # A max-autotune row past its cap: its train step has a setup, no rate; it has no eval step.
+  capped = result("torch_compile_max_autotune", 0.0, 0.0, None, busy=0.0)
+  capped["train"] = {"compile_cap_s": 180.0, "compile_cold_s": 180.4, "error": "over"}
+  del capped["eval"]
   results = [
     result("jaxresnet", 200.0, 400.0, 100.0, busy=0.02),
     result("torch", 100.0, 100.0, 50.0, busy=0.0),
     result("torch_cl", 50.0, 200.0, None, busy=0.0),
+    compiled,
+    capped,
   ]
   lines = bench_report.format_table(results, META).splitlines()
   assert lines[0] == (
     "cpu (Test CPU, 2 cores usable), git 0123456789 (dirty), 2026-01-01; "
     "other processes used up to 2% of the CPUs during the reported rounds"
   )
+  assert lines[2] == "python 3.11.7, jax 0.1, jaxlib 0.2, flax 0.3, torch 2.0, torchvision 0.4"
   start = lines.index(bench_report.TABLE_HEADER)
   assert cells(lines[start]) == [
     "size",
@@ -237,12 +252,22 @@ def test_table_columns_rows_and_ratios():
     "memory MiB",
     "train TFLOP/s (MFU)",
   ]
+  head = ["32", "float32", "8"]
+  autotune = "torch_compile_max_autotune"
   assert [cells(line) for line in lines[start + 2 :]] == [
-    ["32", "float32", "8", "jaxresnet", "200.0", "400.0", "100.0", "1.5", "100", "0.2"],
-    ["32", "float32", "8", "torch", "100.0", "100.0", "50.0", "1.5", "100", "0.1"],
-    ["32", "float32", "8", "torch_cl", "50.0", "200.0", "-", "1.5", "100", "0.05"],
-    ["32", "float32", "8", "**jaxresnet / torch**", "**2.00**", "4.00", "2.00", "", "", ""],
-    ["32", "float32", "8", "**jaxresnet / torch_cl**", "**4.00**", "2.00", "-", "", "", ""],
+    head + ["jaxresnet", "200.0", "400.0", "100.0", "1.5", "100", "0.2"],
+    head + ["torch", "100.0", "100.0", "50.0", "1.5", "100", "0.1"],
+    head + ["torch_cl", "50.0", "200.0", "-", "1.5", "100", "0.05"],
+    head + ["torch_compile", "150.0", "500.0", "40.0", "40.2 / 1.5", "100", "0.15"],
+    head + [autotune, "-", "-", "-", "over its 180 s cap", "-", "-"],
+    head + ["**jaxresnet / torch**", "**2.00**", "4.00", "2.00", "", "", ""],
+    head + ["**jaxresnet / torch_cl**", "**4.00**", "2.00", "-", "", "", ""],
+    head + ["**jaxresnet / torch_compile**", "**1.33**", "0.80", "2.50", "", "", ""],
+    head + [f"**jaxresnet / {autotune}**", "**-**", "-", "-", "", "", ""],
+    # Per kind, the fastest PyTorch row: torch_compile trains and evaluates, torch end to end.
+    head
+    + ["**jaxresnet / fastest torch**", "**1.33 (torch_compile)**", "0.80 (torch_compile)"]
+    + ["2.00 (torch)", "", "", ""],
   ]
   results[0]["train"]["others_cpu_share_in_fastest"] = 0.3
   first = bench_report.format_table(results, META).splitlines()[0]
@@ -251,7 +276,7 @@ def test_table_columns_rows_and_ratios():
   )
 
 
-def test_json_holds_meta_and_results(tmp_path):
+def test_json_holds_meta_results_and_ratios(tmp_path):
   path = tmp_path / "new" / "bench.json"
   meta = META | {"loadavg": (0.5, 0.4, 0.3), "data": tmp_path}
   bench_report.write_json(path, meta, [{"img_s": 1.0}])
@@ -260,3 +285,18 @@ def test_json_holds_meta_and_results(tmp_path):
     "meta": META | {"loadavg": [0.5, 0.4, 0.3], "data": str(tmp_path)},
     "results": [{"img_s": 1.0}],
   }
+  results = [result("jaxresnet", 200.0, 400.0, None, 0.0), result("torch", 100.0, 800.0, 50.0, 0.0)]
+  bench_report.write_json(path, meta, results, bench_report.case_ratios(results))
+  assert json.loads(path.read_text())["ratios"] == [
+    {
+      "size": 32,
+      "dtype": "float32",
+      "batch_size": 8,
+      "jaxresnet_over": {"torch": {"train": 2.0, "eval": 0.5, "e2e": None}},
+      "jaxresnet_over_fastest_torch": {
+        "train": {"framework": "torch", "img_s": 100.0, "ratio": 2.0},
+        "eval": {"framework": "torch", "img_s": 800.0, "ratio": 0.5},
+        "e2e": {"framework": "torch", "img_s": 50.0, "ratio": None},
+      },
+    }
+  ]
