@@ -134,7 +134,7 @@ def first_call(runner: Runner, key: str, cap_s: float | None) -> bool:
   except Exception as error:
     if not any(isinstance(e, CompileCapExceeded) for e in exception_chain(error)):
       raise
-    runner.setup["error"] = f"{type(error).__name__}: {error}"
+    runner.setup["error"] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
     return False
   finally:
     runner.setup[key] = time.perf_counter() - start
