@@ -107,8 +107,9 @@ def reset() -> None:
 
 @contextlib.contextmanager
 def wall_cap(seconds: float | None) -> Iterator[None]:
-  """Raises CompileCapExceeded in the main thread after `seconds`, and every second after that
-  (inductor skips an autotuning choice that raises; the next alarm lands outside it)."""
+  """Raises CompileCapExceeded in the main thread after `seconds`, and every second after that:
+  an alarm can land where the exception is dropped (a weakref callback, whose errors Python only
+  prints, or code that catches and skips a failing autotuning choice)."""
   if not seconds:
     yield
     return
