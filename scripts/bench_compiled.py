@@ -143,7 +143,7 @@ def first_call(runner: Runner, key: str, cap_s: float | None) -> bool:
 
 
 def exception_chain(error: BaseException) -> Iterator[BaseException]:
-  """The error and its causes: dynamo wraps what a compile raises in BackendCompilerFailed."""
+  """The error and its causes: torch wraps what a compile raises (InductorError, ...)."""
   while error is not None:
     yield error
     error = error.__cause__ or error.__context__
