@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from configs import default
 from jaxresnet import models, optimizers, parallel, steps
 from jaxresnet.data import dataset as dataset_lib
-from scripts import torch_reference
+from scripts import bench_compiled, torch_reference
 from scripts.bench_timing import Runner, interleaved_rounds, measure_memory, timed
 
 NUM_CLASSES = 10
@@ -139,11 +139,15 @@ def jax_runners(config: ml_collections.ConfigDict, mesh: Mesh) -> tuple[list[Run
 
 
 def torch_runners(
-  config: ml_collections.ConfigDict, device: str, channels_last: bool
+  config: ml_collections.ConfigDict,
+  device: str,
+  channels_last: bool,
+  peer: bench_compiled.Peer | None = None,
 ) -> tuple[list[Runner], dict]:
-  """The reference's train and eval steps on resident normalized float batches."""
+  """The reference's train and eval steps on resident normalized float batches; with a peer,
+  on its `torch.compile`d model, and its kinds of step only."""
   torch.manual_seed(0)
-  name = "torch_cl" if channels_last else "torch"
+  name = peer.framework if peer else "torch_cl" if channels_last else "torch"
   model = torch_reference.create_model(NUM_CLASSES, "", channels_last, device)
   optimizer = torch_reference.create_optimizer(
     config.optimizer,
@@ -152,6 +156,8 @@ def torch_runners(
     momentum=config.momentum,
     weight_decay=config.weight_decay,
   )
+  if peer:
+    model = torch.compile(model, mode=peer.mode, dynamic=False)
   autocast = torch_reference.AUTOCAST[config.dtype]
   memory_format = torch.channels_last if channels_last else torch.contiguous_format
   shape = (config.batch_size, 3, config.image_size, config.image_size)
@@ -171,12 +177,10 @@ def torch_runners(
       torch_reference.eval_step(model, images, labels, autocast)
     sync()
 
-  _, first_s = timed(lambda: run_train(1))
-  _, eval_first_s = timed(lambda: run_eval(1))
-  runners = [
-    Runner(name, "train", run_train, {"first_step_s": first_s}),
-    Runner(name, "eval", run_eval, {"first_step_s": eval_first_s}),
-  ]
+  setup = {"compile_cap_s": peer.cap_s} if peer and peer.cap_s else {}
+  steps_by_kind = {"train": run_train, "eval": run_eval}
+  kinds = peer.kinds if peer else ("train", "eval")
+  runners = [Runner(name, kind, steps_by_kind[kind], dict(setup)) for kind in kinds]
   return runners, {"run_train": run_train}
 
 
@@ -223,8 +227,14 @@ def run_case(
   built = {"jaxresnet": (jax_rs, jax_extra)}
   for channels_last in (False, True):
     runners, extra = torch_runners(config, torch_device, channels_last)
+    for runner in runners:
+      _, runner.setup["first_step_s"] = timed(lambda r=runner: r.run(1))
     built[runners[0].framework] = (runners, extra)
-  runners = [r for rs, _ in built.values() for r in rs]
+  peers = bench_compiled.case_peers(size, dtype, args)
+  for peer in peers:
+    built[peer.framework] = torch_runners(config, torch_device, True, peer)
+  bench_compiled.compile_runners([r for peer in peers for r in built[peer.framework][0]])
+  runners = [r for rs, _ in built.values() for r in rs if "error" not in r.setup]
   interleaved_rounds(runners, args.warmup, args.repeats, steps_per_round, batch_size)
   for runner in runners:
     measure_memory(runner, torch_device, steps_per_round)
@@ -243,7 +253,8 @@ def run_case(
     }
     for r in rs:
       row[r.kind] = r.summary()
-    if folder is not None and args.e2e_steps:
+    failed = any("error" in r.setup for r in rs)  # A compile past its cap: no step to feed.
+    if folder is not None and args.e2e_steps and not failed:
       try:
         row["e2e"] = end_to_end(extra["run_train"], framework, config, folder, torch_device, args)
       except Exception as error:  # noqa: BLE001 (e.g. a small /dev/shm for DataLoader workers)

@@ -23,7 +23,7 @@ T = TypeVar("T")
 class Runner:
   """One timed thing: `run(n)` does n steps and returns once they are done."""
 
-  framework: str  # "jaxresnet", "torch", "torch_cl"
+  framework: str  # "jaxresnet", "torch", "torch_cl", "torch_compile", ...
   kind: str  # "train" or "eval"
   run: Callable[[int], None]
   setup: dict
@@ -32,7 +32,10 @@ class Runner:
   others: list = dataclasses.field(default_factory=list)  # Other processes' share of the CPUs.
 
   def summary(self) -> dict:
-    """The fastest round's rate, with every round, its CPU use and the setup (compile, memory)."""
+    """The fastest round's rate, with every round, its CPU use and the setup (compile, memory);
+    a runner never timed (its compile past its cap) has its setup alone."""
+    if not self.rates:
+      return dict(self.setup)
     fastest = self.rates.index(max(self.rates))
     return {
       "img_s": self.rates[fastest],

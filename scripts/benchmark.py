@@ -1,17 +1,18 @@
 """Training and evaluation throughput of jaxresnet and the PyTorch reference, side by side.
 
-    python scripts/benchmark.py                 # this CPU, 32x32 and 224x224: runs/benchmark.*
-    python scripts/benchmark.py --device gpu --dtypes bfloat16,float32 --json runs/gpu.json
+    python -m scripts.benchmark                 # this CPU, 32x32 and 224x224: runs/benchmark.*
+    python -m scripts.benchmark --device gpu --dtypes bfloat16,float32 --json runs/gpu.json
     scripts/gpu_benchmark.sh                    # everything on one GPU, into $OUT
 
 For each (resolution, dtype) it builds jaxresnet's own jitted steps (`parallel.jit_train_step`,
 `parallel.jit_eval_step`: what the training loop runs) and the reference's torch steps
-(`torch_reference.train_step`/`eval_step`, NCHW and channels_last), compiles and warms each up,
-then times them in interleaved rounds, so that load from other processes hits all of them alike.
-Rates are those of the fastest round (all rounds and their median are in the JSON): on a shared
-machine, other processes only ever slow a round down, and PyTorch's OpenMP threads much more so
-than XLA's (a busy CPU cut torch's rate up to 30x, jaxresnet's about 2x; docs/performance.md).
-Compile time is reported apart.
+(`torch_reference.train_step`/`eval_step`, NCHW and channels_last, and on a `torch.compile`d
+model: bench_compiled.py), compiles and warms each up, then times them in interleaved rounds,
+so that load from other processes hits all of them alike. Rates are those of the fastest round
+(all rounds and their median are in the JSON): on a shared machine, other processes only ever
+slow a round down, and PyTorch's OpenMP threads much more so than XLA's (a busy CPU cut torch's
+rate up to 30x, jaxresnet's about 2x; docs/performance.md).
+Compile time is reported apart (for torch.compile, cold and warm: bench_compiled.py).
 
 What a step is given, pure and end to end (on the CIFAR-10 JPEGs of --jpeg-tarball), is in
 bench_cases.py; the timing in bench_timing.py; the table and JSON in bench_report.py.
@@ -39,12 +40,26 @@ import torch  # noqa: E402
 
 from jaxresnet import parallel  # noqa: E402
 from jaxresnet.data import cifar10_jpeg  # noqa: E402
-from scripts import bench_cases, bench_report  # noqa: E402
+from scripts import bench_cases, bench_compiled, bench_report  # noqa: E402
 from scripts.bench_timing import timed  # noqa: E402
 
-DEFAULTS = {  # Per device: batch size and timed steps per round, by resolution.
-  "cpu": {"batch_size": "32=64,224=16", "steps": "32=3,224=1", "repeats": 5, "e2e_steps": 3},
-  "gpu": {"batch_size": "256", "steps": "20", "repeats": 3, "e2e_steps": 20},
+DEFAULTS = {  # Per device: batch size and timed steps per round, by resolution; compiled peers.
+  "cpu": {
+    "batch_size": "32=64,224=16",
+    "steps": "32=3,224=1",
+    "repeats": 5,
+    "e2e_steps": 3,
+    "compile_modes": ["default"],
+    "compile_dtypes": "float32",
+  },
+  "gpu": {
+    "batch_size": "256",
+    "steps": "20",
+    "repeats": 3,
+    "e2e_steps": 20,
+    "compile_modes": ["default", "max-autotune"],
+    "compile_dtypes": "bfloat16",
+  },
 }
 
 
@@ -78,7 +93,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
   parser.add_argument("--sizes", default="32,224", help="Resolutions, e.g. 32,224.")
   parser.add_argument("--dtypes", default="float32", help="float32 and/or bfloat16.")
-  # Left out, these four take the device's DEFAULTS.
+  # Left out, these six take the device's DEFAULTS.
   parser.add_argument("--batch-size", help="'32=64,224=16', or one number for every size.")
   parser.add_argument("--steps", help="Timed steps per round, per size as --batch-size.")
   parser.add_argument("--repeats", type=int, help="Interleaved rounds.")
@@ -99,12 +114,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     default=len(os.sched_getaffinity(0)),
     help="torch intra-op threads (XLA:CPU uses every usable core).",
   )
+  parser.add_argument(
+    "--compile-modes",
+    type=bench_compiled.parse_modes,
+    help='torch.compile peers: "default" and/or "max-autotune" (224 training only); "" none.',
+  )
+  parser.add_argument("--compile-dtypes", help="The dtypes that get compiled peers.")
+  parser.add_argument(
+    "--max-autotune-cap", type=float, default=180, help="Wall-time cap on its compile (s)."
+  )
   parser.add_argument("--time-budget", type=float, default=0, help="Skip cases after this (s).")
   runs = ROOT / "runs"  # Git-ignored.
   parser.add_argument("--json", default=str(runs / "benchmark.json"), help="Rewritten per case.")
   parser.add_argument("--table", default=str(runs / "benchmark.md"), help="The markdown table.")
   args = parser.parse_args(argv)
-  for field in ("batch_size", "steps", "repeats", "e2e_steps"):
+  for field in DEFAULTS[args.device]:
     if getattr(args, field) is None:
       setattr(args, field, DEFAULTS[args.device][field])
   return args
@@ -122,7 +146,8 @@ def main(argv: list[str]) -> None:
   batch_sizes, steps_per_round = per_size(args.batch_size, sizes), per_size(args.steps, sizes)
   mesh = parallel.create_mesh()
   meta, results, start = bench_report.machine_info(args), [], time.perf_counter()
-  with tempfile.TemporaryDirectory() as tmp:
+  meta["torch_compile"] = bench_compiled.describe(args)
+  with tempfile.TemporaryDirectory() as tmp, bench_compiled.fresh_caches(tmp):
     folder = jpeg_folder(args.jpeg_tarball, tmp) if args.jpeg_tarball and args.e2e_steps else None
     for dtype in args.dtypes.split(","):
       for size in sizes:
@@ -135,7 +160,7 @@ def main(argv: list[str]) -> None:
         results += bench_cases.run_case(size, dtype, bs, n, args.device, mesh, folder, args)
         meta["loadavg_end"], meta["wall_s"] = os.getloadavg(), time.perf_counter() - start
         table = bench_report.format_table(results, meta)
-        bench_report.write_json(args.json, meta, results)
+        bench_report.write_json(args.json, meta, results, bench_report.case_ratios(results))
         if args.table:
           bench_report.write_table(args.table, table)
         print(table, flush=True)

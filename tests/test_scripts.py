@@ -8,19 +8,21 @@ import importlib
 import io
 import itertools
 import json
+import math
 import pickle
 import sys
 import tarfile
 import time
 import urllib.request
 
+import jaxlib
 import numpy as np
 import pytest
 from PIL import Image
 
 from jaxresnet import network
 from jaxresnet.data import cifar10_jpeg
-from scripts import bench_report, bench_timing, make_cifar10_jpeg
+from scripts import bench_compiled, bench_report, bench_timing, make_cifar10_jpeg
 
 PER_BATCH = 6  # Images per synthetic batch: 30 train, 6 test.
 # JPEG at quality 75 with 4:2:0 chroma errs by a few levels on smooth images (about 4 on these);
@@ -206,6 +208,12 @@ META = {
   "git_commit": "0123456789abcdef",
   "git_dirty": True,
   "date": "2026-01-01",
+  "python": "3.11.7",
+  "jax": "0.1",
+  "jaxlib": "0.2",
+  "flax": "0.3",
+  "torch": "2.0",
+  "torchvision": "0.4",
 }
 
 
@@ -214,16 +222,25 @@ def cells(line: str) -> list[str]:
 
 
 def test_table_columns_rows_and_ratios():
+  compiled = result("torch_compile", 150.0, 500.0, 40.0, busy=0.0)
+  compiled["train"] |= {"compile_cold_s": 40.25, "compile_warm_s": 1.5}
+  # A max-autotune row past its cap: its train step has a setup, no rate; it has no eval step.
+  capped = result("torch_compile_max_autotune", 0.0, 0.0, None, busy=0.0)
+  capped["train"] = {"compile_cap_s": 180.0, "compile_cold_s": 180.4, "error": "over"}
+  del capped["eval"]
   results = [
     result("jaxresnet", 200.0, 400.0, 100.0, busy=0.02),
     result("torch", 100.0, 100.0, 50.0, busy=0.0),
     result("torch_cl", 50.0, 200.0, None, busy=0.0),
+    compiled,
+    capped,
   ]
   lines = bench_report.format_table(results, META).splitlines()
   assert lines[0] == (
     "cpu (Test CPU, 2 cores usable), git 0123456789 (dirty), 2026-01-01; "
     "other processes used up to 2% of the CPUs during the reported rounds"
   )
+  assert lines[2] == "python 3.11.7, jax 0.1, jaxlib 0.2, flax 0.3, torch 2.0, torchvision 0.4"
   start = lines.index(bench_report.TABLE_HEADER)
   assert cells(lines[start]) == [
     "size",
@@ -237,12 +254,22 @@ def test_table_columns_rows_and_ratios():
     "memory MiB",
     "train TFLOP/s (MFU)",
   ]
+  head = ["32", "float32", "8"]
+  autotune = "torch_compile_max_autotune"
   assert [cells(line) for line in lines[start + 2 :]] == [
-    ["32", "float32", "8", "jaxresnet", "200.0", "400.0", "100.0", "1.5", "100", "0.2"],
-    ["32", "float32", "8", "torch", "100.0", "100.0", "50.0", "1.5", "100", "0.1"],
-    ["32", "float32", "8", "torch_cl", "50.0", "200.0", "-", "1.5", "100", "0.05"],
-    ["32", "float32", "8", "**jaxresnet / torch**", "**2.00**", "4.00", "2.00", "", "", ""],
-    ["32", "float32", "8", "**jaxresnet / torch_cl**", "**4.00**", "2.00", "-", "", "", ""],
+    head + ["jaxresnet", "200.0", "400.0", "100.0", "1.5", "100", "0.2"],
+    head + ["torch", "100.0", "100.0", "50.0", "1.5", "100", "0.1"],
+    head + ["torch_cl", "50.0", "200.0", "-", "1.5", "100", "0.05"],
+    head + ["torch_compile", "150.0", "500.0", "40.0", "40.2 / 1.5", "100", "0.15"],
+    head + [autotune, "-", "-", "-", "over its 180 s cap", "-", "-"],
+    head + ["**jaxresnet / torch**", "**2.00**", "4.00", "2.00", "", "", ""],
+    head + ["**jaxresnet / torch_cl**", "**4.00**", "2.00", "-", "", "", ""],
+    head + ["**jaxresnet / torch_compile**", "**1.33**", "0.80", "2.50", "", "", ""],
+    head + [f"**jaxresnet / {autotune}**", "**-**", "-", "-", "", "", ""],
+    # Per kind, the fastest PyTorch row: torch_compile trains and evaluates, torch end to end.
+    head
+    + ["**jaxresnet / fastest torch**", "**1.33 (torch_compile)**", "0.80 (torch_compile)"]
+    + ["2.00 (torch)", "", "", ""],
   ]
   results[0]["train"]["others_cpu_share_in_fastest"] = 0.3
   first = bench_report.format_table(results, META).splitlines()[0]
@@ -251,7 +278,7 @@ def test_table_columns_rows_and_ratios():
   )
 
 
-def test_json_holds_meta_and_results(tmp_path):
+def test_json_holds_meta_results_and_ratios(tmp_path):
   path = tmp_path / "new" / "bench.json"
   meta = META | {"loadavg": (0.5, 0.4, 0.3), "data": tmp_path}
   bench_report.write_json(path, meta, [{"img_s": 1.0}])
@@ -260,3 +287,129 @@ def test_json_holds_meta_and_results(tmp_path):
     "meta": META | {"loadavg": [0.5, 0.4, 0.3], "data": str(tmp_path)},
     "results": [{"img_s": 1.0}],
   }
+  results = [result("jaxresnet", 200.0, 400.0, None, 0.0), result("torch", 100.0, 800.0, 50.0, 0.0)]
+  bench_report.write_json(path, meta, results, bench_report.case_ratios(results))
+  assert json.loads(path.read_text())["ratios"] == [
+    {
+      "size": 32,
+      "dtype": "float32",
+      "batch_size": 8,
+      "jaxresnet_over": {"torch": {"train": 2.0, "eval": 0.5, "e2e": None}},
+      "jaxresnet_over_fastest_torch": {
+        "train": {"framework": "torch", "img_s": 100.0, "ratio": 2.0},
+        "eval": {"framework": "torch", "img_s": 800.0, "ratio": 0.5},
+        "e2e": {"framework": "torch", "img_s": 50.0, "ratio": None},
+      },
+    }
+  ]
+
+
+def test_compiled_peers_per_device_size_and_dtype(entry_points):
+  benchmark = entry_points["benchmark"]
+  cpu, gpu = benchmark.parse_args([]), benchmark.parse_args(["--device", "gpu"])
+  names = {
+    (device, size, dtype): [p.framework for p in bench_compiled.case_peers(size, dtype, args)]
+    for device, args in (("cpu", cpu), ("gpu", gpu))
+    for size in (32, 224)
+    for dtype in ("float32", "bfloat16")
+  }
+  assert names == {
+    ("cpu", 32, "float32"): ["torch_compile"],
+    ("cpu", 224, "float32"): ["torch_compile"],
+    ("cpu", 32, "bfloat16"): [],
+    ("cpu", 224, "bfloat16"): [],
+    ("gpu", 32, "float32"): [],
+    ("gpu", 224, "float32"): [],
+    ("gpu", 32, "bfloat16"): ["torch_compile"],
+    ("gpu", 224, "bfloat16"): ["torch_compile", "torch_compile_max_autotune"],
+  }
+  autotune = bench_compiled.case_peers(224, "bfloat16", gpu)[1]
+  assert (autotune.mode, autotune.kinds, autotune.cap_s) == ("max-autotune", ("train",), 180)
+  assert bench_compiled.case_peers(224, "float32", benchmark.parse_args(["--compile-modes="])) == []
+  with pytest.raises(SystemExit):
+    benchmark.parse_args(["--compile-modes", "fast"])
+
+
+def test_compile_past_its_cap_is_abandoned_and_recorded():
+  calls = []
+
+  def step(seconds: float):
+    def run(n: int) -> None:
+      calls.append(seconds)
+      time.sleep(seconds)
+
+    return run
+
+  quick = bench_timing.Runner("torch_compile", "train", step(0.01), {})
+  slow = bench_timing.Runner(
+    "torch_compile_max_autotune", "train", step(5.0), {"compile_cap_s": 0.2}
+  )
+  start = time.perf_counter()
+  bench_compiled.compile_runners([quick, slow])
+  assert time.perf_counter() - start < 3  # The cap cut the 5 s "compile" short.
+  assert calls == [0.01, 5.0, 0.01]  # Cold for both; warm only for the one that compiled.
+  assert 0.01 <= quick.setup["compile_cold_s"] < 1 and 0.01 <= quick.setup["compile_warm_s"] < 1
+  assert "error" not in quick.setup
+  assert 0.2 <= slow.setup["compile_cold_s"] < 1.5 and "compile_warm_s" not in slow.setup
+  assert "0.2 s cap" in slow.setup["error"]
+  assert slow.summary() == slow.setup  # Never timed: its setup alone.
+
+  def broken(n: int) -> None:
+    raise RuntimeError("not a cap")
+
+  with pytest.raises(RuntimeError, match="not a cap"):  # Any other error is not swallowed.
+    bench_compiled.compile_runners(
+      [bench_timing.Runner("x", "train", broken, {"compile_cap_s": 9})]
+    )
+
+
+@pytest.mark.slow
+def test_benchmark_times_the_compiled_peer_and_its_ratios(entry_points, tmp_path):
+  """The whole benchmark at toy scale on the CPU (32x32, batch 2, one round): torch.compile's
+  rows with their cold and warm compiles, and the ratios to every PyTorch row and the fastest.
+  Slow: inductor's cold compile of ResNet-18's train and eval steps takes ~40 s on 2 cores."""
+  json_path, table_path = tmp_path / "bench.json", tmp_path / "bench.md"
+  toy = "--sizes 32 --batch-size 2 --steps 1 --repeats 1 --warmup 1 --e2e-steps 0".split()
+  paths = ["--jpeg-tarball", "", "--json", str(json_path), "--table", str(table_path)]
+  entry_points["benchmark"].main(toy + paths)
+
+  saved = json.loads(json_path.read_text())
+  rows = {row["framework"]: row for row in saved["results"]}
+  torch_rows = ["torch", "torch_cl", "torch_compile"]
+  assert list(rows) == ["jaxresnet", *torch_rows]
+  for row in rows.values():
+    for kind in ("train", "eval"):
+      assert math.isfinite(row[kind]["img_s"]) and row[kind]["img_s"] > 0
+  for kind in ("train", "eval"):
+    compiled = rows["torch_compile"][kind]
+    # The warm compile read what the cold one wrote to the (fresh) inductor cache.
+    assert compiled["compile_cold_s"] > compiled["compile_warm_s"] > 0
+
+  (ratios,) = saved["ratios"]
+  for kind in ("train", "eval"):
+    ours = rows["jaxresnet"][kind]["img_s"]
+    for name in torch_rows:
+      assert ratios["jaxresnet_over"][name][kind] == pytest.approx(ours / rows[name][kind]["img_s"])
+    fastest = max(torch_rows, key=lambda name: rows[name][kind]["img_s"])
+    theirs = rows[fastest][kind]["img_s"]
+    assert ratios["jaxresnet_over_fastest_torch"][kind] == {
+      "framework": fastest,
+      "img_s": theirs,
+      "ratio": pytest.approx(ours / theirs),
+    }
+  assert "e2e" not in ratios["jaxresnet_over_fastest_torch"]  # Not run: no fastest to name.
+  assert saved["meta"]["jaxlib"] == jaxlib.__version__
+  assert saved["meta"]["torch_compile"]["optimizer_step"].startswith("eager")
+
+  table = table_path.read_text()
+  compiled = rows["torch_compile"]["train"]
+  assert (
+    f"| 32 | float32 | 2 | torch_compile | {compiled['img_s']:.1f} | "
+    f"{rows['torch_compile']['eval']['img_s']:.1f} | - | "
+    f"{compiled['compile_cold_s']:.1f} / {compiled['compile_warm_s']:.1f} |"
+  ) in table
+  fastest_train = ratios["jaxresnet_over_fastest_torch"]["train"]
+  assert (
+    f"| **jaxresnet / fastest torch** | **{fastest_train['ratio']:.2f} "
+    f"({fastest_train['framework']})** |"
+  ) in table
