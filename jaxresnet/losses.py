@@ -30,7 +30,7 @@ def weighted_loss(
   logits: jax.Array,
   labels: jax.Array,
   label_smoothing: float = 0.0,
-  class_weights: jax.Array | None = None,
+  class_weights: jax.Array | np.ndarray | None = None,
 ) -> jax.Array:
   """The batch's loss as torch.nn.CrossEntropyLoss(weight=class_weights, label_smoothing=...).
 
@@ -41,7 +41,7 @@ def weighted_loss(
   targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
   if label_smoothing:
     targets = optax.smooth_labels(targets, label_smoothing)
-  weights = class_weights.astype(logits.dtype)
+  weights = jnp.asarray(class_weights, logits.dtype)
   losses = -jnp.sum(targets * weights * jax.nn.log_softmax(logits), axis=-1)
   return jnp.sum(losses) / jnp.sum(weights[labels])
 

@@ -27,8 +27,9 @@ def test_loss_equals_torch_cross_entropy(weighted, label_smoothing):
     weight=None if weights is None else torch.from_numpy(weights), label_smoothing=label_smoothing
   )
   expected = criterion(torch.from_numpy(logits), torch.from_numpy(labels)).item()
-  with jax.enable_x64(True):
-    ours = float(losses.weighted_loss(logits, labels, label_smoothing, weights))
+  with jax.enable_x64(True):  # Jitted, with the weights a constant, as the train step has them.
+    loss = jax.jit(lambda x, y: losses.weighted_loss(x, y, label_smoothing, weights))
+    ours = float(loss(logits, labels))
   print(f"\nweighted={weighted}, smoothing={label_smoothing}: {ours!r} vs torch {expected!r}")
   assert ours == pytest.approx(expected, rel=1e-12)
   unweighted = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
