@@ -6,7 +6,8 @@
 The conversion is strict: every key of the state dict is used (but `num_batches_tracked`, which
 goes into the metadata), every Flax variable is filled, every shape is checked, and all problems
 are reported in one error. A `--num-classes` other than the checkpoint's gives a fresh head,
-initialised exactly as torch's default `nn.Linear` under `torch.manual_seed(seed)`.
+initialised exactly as torch's default `nn.Linear` under `torch.manual_seed(seed)`; so does a
+body-only state dict (no `fc.*` keys), which needs `--num-classes`.
 """
 
 import argparse
@@ -99,15 +100,23 @@ def convert_state_dict(
   Args:
     state_dict: torchvision ResNet weights (tensors, any float dtype, which is kept).
     arch: torchvision's name, a key of `models.MODELS`.
-    num_classes: the head's size; None keeps the checkpoint's, another gives a fresh head.
+    num_classes: the head's size; None keeps the checkpoint's, another gives a fresh head. A
+      body-only state dict (no `fc.*` keys, e.g. a feature extractor) always gets a fresh head,
+      so it needs `num_classes`.
     seed: torch seed of the fresh head.
   Returns:
     Nested dicts of numpy arrays.
   Raises:
-    ValueError: listing every missing key, unexpected key and shape mismatch.
+    ValueError: listing every missing key, unexpected key and shape mismatch; or for a
+      body-only state dict without `num_classes`.
   """
   if num_classes is None:
-    num_classes = state_dict["fc.weight"].shape[0] if "fc.weight" in state_dict else 1000
+    if "fc.weight" not in state_dict:
+      raise errors.UserError(
+        "The state dict has no fc (a body-only state dict): pass --num-classes N for a fresh "
+        "head of N classes."
+      )
+    num_classes = state_dict["fc.weight"].shape[0]
   state_dict = with_head(state_dict, arch, num_classes, seed)
   leaves, missing, mismatched = {}, [], []
   for path, shape in layout.variable_shapes(arch, num_classes).items():

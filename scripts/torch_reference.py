@@ -15,7 +15,8 @@ defaults are the paper's: SGD lr 0.001, momentum 0.9, weight decay 1e-4 (reporte
 accuracy); Adam lr 0.01, betas (0.9, 0.999), eps 1e-8, no weight decay (91.43%). Batch 128 and
 30 epochs as in `configs/sgd.py` (the paper gives neither).
 `--weights ""` trains from scratch; without a network, `IMAGENET1K_V1` needs the file in torch's
-hub cache, or pass a state-dict path.
+hub cache, or pass a state-dict path (its `fc`, if any, is replaced, so a body-only one serves).
+`--save PATH` writes the trained state dict (as `scripts/compare_torch.py` does for its source).
 """
 
 import argparse
@@ -31,6 +32,7 @@ import torch
 import torchvision
 from torch import nn
 
+from convert import layout
 from convert.transforms import paper_transform
 from jaxresnet.data import cifar10_jpeg
 
@@ -104,16 +106,34 @@ def create_loaders(
   )
 
 
+def load_body(model: nn.Module, path: str) -> None:
+  """Loads a resnet18 state dict's body into `model`, keeping `model`'s own (fresh) `fc`.
+
+  The file's `fc`, if it has one, is the head of the task it was trained on, which the paper
+  replaces; so a body-only state dict (no `fc.*` keys) serves as well. Any other mismatch is a
+  state dict of another architecture, named in the error where it is one of torchvision's.
+  """
+  state_dict = torch.load(path, map_location="cpu", weights_only=True)
+  body = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+  head = {f"fc.{k}": v for k, v in model.fc.state_dict().items()}
+  try:
+    model.load_state_dict(body | head)
+  except RuntimeError as e:
+    guess = layout.guess_arch({k: v.shape for k, v in body.items()})
+    hint = f" It looks like a {guess} state dict." if guess else ""
+    raise ValueError(f"{path} is not a torchvision resnet18 state dict.{hint}\n{e}") from None
+
+
 def create_model(
   num_classes: int, weights: str = "", channels_last: bool = False, device: str = "cpu"
 ) -> nn.Module:
-  """torchvision's resnet18 with `weights` (a torchvision name, a state-dict path, or "" for
-  none) and its `fc` replaced by a fresh `num_classes` head, as the paper does."""
+  """torchvision's resnet18 with `weights` (a torchvision name, a state-dict path, with or
+  without its `fc`, or "" for none) and a fresh `num_classes` head, as the paper does."""
   name = weights if weights and not pathlib.Path(weights).is_file() else None
   model = torchvision.models.resnet18(weights=name)
-  if weights and name is None:
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
   model.fc = nn.Linear(model.fc.in_features, num_classes)
+  if weights and name is None:
+    load_body(model, weights)
   model = model.to(device)
   if channels_last:
     model = model.to(memory_format=torch.channels_last)
@@ -211,6 +231,8 @@ def train_and_evaluate(args: argparse.Namespace) -> list[dict]:
       if args.json:
         pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(args.json).write_text(json.dumps({"args": vars(args), "history": history}))
+  if args.save:
+    torch.save(model.state_dict(), args.save)
   return history
 
 
@@ -235,6 +257,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--channels-last", action="store_true")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--json", default="", help="Write the per-epoch history here.")
+  parser.add_argument("--save", default="", help="Write the trained state dict here.")
   return parser.parse_args(argv)
 
 

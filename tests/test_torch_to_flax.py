@@ -229,6 +229,23 @@ def test_fresh_head_is_torch_linear_init(tmp_path):
   assert metadata["num_batches_tracked"]["layer4.1.bn2.num_batches_tracked"] == 1019
 
 
+def test_body_only_state_dict_gets_a_fresh_head(tmp_path):
+  """No fc.* keys (a feature extractor): the body as given, the head torch's nn.Linear."""
+  state_dict = torch_utils.randomized_torchvision("resnet18").state_dict()
+  body = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+  variables = torch_to_flax.convert_state_dict(body, "resnet18", 7, seed=2)
+  reference = torch_to_flax.convert_state_dict(state_dict, "resnet18", 7, seed=2)
+  jax.tree.map(np.testing.assert_array_equal, variables, reference)
+  assert variables["params"]["fc"]["kernel"].shape == (512, 7)
+  with pytest.raises(errors.UserError, match="body-only state dict.*--num-classes"):
+    torch_to_flax.convert_state_dict(body, "resnet18")
+  r34 = torch_utils.randomized_torchvision("resnet34").state_dict()
+  with pytest.raises(ValueError, match="pass --arch resnet34"):
+    torch_to_flax.convert_state_dict(
+      {k: v for k, v in r34.items() if "fc." not in k}, "resnet18", 7
+    )
+
+
 # --- Bad input: one clear error each. ---
 
 
