@@ -23,6 +23,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from scripts import compare_stats  # noqa: E402
 
 FRAMEWORKS = ("jaxresnet", "torch")
+TRANSFER_MARGIN = 5.0  # Points: fine-tuning must beat scratch by this, with a 95% CI above 0.
 LABELS = {"jaxresnet": "jaxresnet", "torch": "PyTorch"}
 
 
@@ -70,7 +71,24 @@ def summarise(runs: Sequence[dict], recipes: Sequence[str]) -> dict:
     "per_test_level": level,
     "separated": separated,
   }
+  summary["transfer"] = transfer(summary["recipes"])
   return summary
+
+
+def transfer(recipes: dict) -> dict:
+  """Per framework, what the source weights gain over scratch: each fine-tuning recipe's final
+  test accuracy minus its from-scratch twin's (`scratch_NAME`), with Welch's CIs."""
+  gains = {}
+  for name, row in recipes.items():
+    scratch = recipes.get(f"scratch_{name}")
+    if scratch is None:
+      continue
+    for fw in FRAMEWORKS:
+      a, b = row["final_test_accuracy"][fw], scratch["final_test_accuracy"][fw]
+      c = compare_stats.welch(a, b)
+      real = c.ci95[0] > 0 and c.diff >= TRANSFER_MARGIN
+      gains[f"{name}/{fw}"] = {"gain": c.diff, "ci95": c.ci95, "real": bool(real)}
+  return gains
 
 
 def _num(x: float, spec: str = ".2f") -> str:
@@ -143,6 +161,15 @@ def markdown(summary: dict, preset: dict, meta: dict, source: dict) -> str:
       )
       + "."
     )
+  if summary["transfer"]:
+    lines += ["", "Transfer, final test accuracy fine-tuned minus from scratch (real: a gain of "
+              f"at least {TRANSFER_MARGIN:g} points with its 95% CI above 0):", ""]  # fmt: skip
+    lines += ["| recipe | framework | gain | 95% CI | real |", "|---|---|---|---|---|"]
+    for key, g in summary["transfer"].items():
+      recipe, fw = key.split("/")
+      real = "yes" if g["real"] else ("n/a" if math.isnan(g["ci95"][0]) else "no")
+      lines.append(f"| {recipe} | {LABELS[fw]} | {g['gain']:+.2f} | {_interval(g['ci95'])} | "
+                   f"{real} |")  # fmt: skip
   lines += [
     "",
     "Seconds per run, means over seeds:",

@@ -83,6 +83,20 @@ def test_cpu_preset_end_to_end_at_toy_scale(tmp_path):
   """The cpu preset's path: a source trained here in PyTorch, then both frameworks."""
   compare_torch.main([*toy_argv("cpu", tmp_path), "--recipes", "sgd,scratch_sgd"])
   results = check_outputs(tmp_path / "out", ["sgd", "scratch_sgd"], epochs=2)
+  finals = {
+    r: results["summary"]["recipes"][r]["final_test_accuracy"] for r in ("sgd", "scratch_sgd")
+  }
+  for fw in ("jaxresnet", "torch"):  # The transfer check: fine-tuned minus scratch, per framework.
+    gain = results["summary"]["transfer"][f"sgd/{fw}"]["gain"]
+    assert gain == pytest.approx(np.mean(finals["sgd"][fw]) - np.mean(finals["scratch_sgd"][fw]))
+  table = (
+    (tmp_path / "out" / compare_torch.SUMMARY).read_text().split("| recipe | framework | gain")
+  )
+  transfer_rows = [line.split("|")[1:4] for line in table[1].splitlines()[2:4]]
+  assert [[c.strip() for c in row] for row in transfer_rows] == [
+    ["sgd", "jaxresnet", f"{results['summary']['transfer']['sgd/jaxresnet']['gain']:+.2f}"],
+    ["sgd", "PyTorch", f"{results['summary']['transfer']['sgd/torch']['gain']:+.2f}"],
+  ]
   source = results["source"]
   assert not source["cached"] and len(source["history"]) == 1
   preset = compare_presets.resolve("cpu", [f"{k}={v}" for k, v in TOY.items()])
