@@ -5,9 +5,10 @@ is the train loop's to decide.
 """
 
 import math
+import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import jax
 import numpy as np
@@ -109,6 +110,37 @@ class Progress:
     logging.info("epoch %d/%d | %s | %s", epoch, num_epochs, " | ".join(parts),
                  format_duration(now - self._epoch_start))  # fmt: skip
     self._epoch_start = now
+
+
+class ImageProgress:
+  """One line of images done/total, images/s and the ETA, for `predict`: rewritten in place on a
+  terminal (at most 5 times a second), appended every 30 s elsewhere (a log), and a final line.
+  """
+
+  def __init__(self, total: int, stream: TextIO = sys.stderr):
+    self._total, self._stream = total, stream
+    self._tty = stream.isatty()
+    self._start = self._shown = time.perf_counter()
+
+  def update(self, done: int) -> None:
+    now = time.perf_counter()
+    if now - self._shown < (0.2 if self._tty else 30.0):
+      return
+    self._shown = now
+    rate = done / max(now - self._start, 1e-9)
+    self._show(f"ETA {format_duration((self._total - done) / rate) if done else '?'}", done, rate)
+
+  def close(self, done: int) -> None:
+    elapsed = time.perf_counter() - self._start
+    self._show(f"took {format_duration(elapsed)}", done, done / max(elapsed, 1e-9))
+    if self._tty:
+      self._stream.write("\n")
+    self._stream.flush()
+
+  def _show(self, timing: str, done: int, rate: float) -> None:
+    line = f"{done}/{self._total} images | {rate:.0f} images/s | {timing}"
+    self._stream.write(f"\r{line}\033[K" if self._tty else f"{line}\n")
+    self._stream.flush()
 
 
 def per_class_table(
