@@ -123,11 +123,9 @@ def output_format(output: str | None) -> str:
 
 def _counted(batches: Iterable, progress: reporting.ImageProgress) -> Iterator:
   """`batches`, updating the progress line after each."""
-  done = 0
   for batch in batches:
     yield batch
-    done += len(batch[0])
-    progress.update(done)
+    progress.update(len(batch[0]))
 
 
 def main(argv: list[str]) -> None:
@@ -140,17 +138,20 @@ def main(argv: list[str]) -> None:
   cli.quiet_libraries()
   predictor = Predictor(pathlib.Path(cli.FLAGS.workdir), cli.FLAGS.checkpoint, cli.FLAGS.tta)
   unreadable = [] if cli.FLAGS.skip_unreadable else None
-  progress = reporting.ImageProgress(len(paths))
-  batches = _counted(predictor(paths, cli.FLAGS.batch_size, unreadable), progress)
   k = min(cli.FLAGS.top_k, len(predictor.class_names))
-  with contextlib.ExitStack() as stack:
+  # Not in place between predictions printed to the same terminal.
+  live = sys.stderr.isatty() and not (fmt == "text" and sys.stdout.isatty())
+  with (
+    reporting.ImageProgress(len(paths), live=live) as progress,
+    contextlib.ExitStack() as stack,
+  ):
     stream = sys.stdout
     if cli.FLAGS.output is not None:
       stream = stack.enter_context(open(cli.FLAGS.output, "w", newline=""))
-    rows = write_predictions(batches, predictor.class_names, k, stream, fmt)
-  progress.close(rows + len(unreadable or ()))
+    batches = _counted(predictor(paths, cli.FLAGS.batch_size, unreadable), progress)
+    write_predictions(batches, predictor.class_names, k, stream, fmt)
   if unreadable:
-    print(f"Skipped {len(unreadable)} unreadable files:", *unreadable, sep="\n", file=sys.stderr)
+    print(f"Skipped {len(unreadable)} unreadable file(s):", *unreadable, sep="\n", file=sys.stderr)
 
 
 def define_flags() -> None:

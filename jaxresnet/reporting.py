@@ -114,32 +114,40 @@ class Progress:
 
 class ImageProgress:
   """One line of images done/total, images/s and the ETA, for `predict`: rewritten in place on a
-  terminal (at most 5 times a second), appended every 30 s elsewhere (a log), and a final line.
+  terminal (at most 5 times a second), else appended every 30 s (a log). A context manager that
+  ends with a final line, also on an error, so that an error message starts a line of its own.
   """
 
-  def __init__(self, total: int, stream: TextIO = sys.stderr):
+  def __init__(self, total: int, stream: TextIO = sys.stderr, live: bool | None = None):
+    """`live`: rewrite the line in place; by default when `stream` is a terminal."""
     self._total, self._stream = total, stream
-    self._tty = stream.isatty()
+    self._live = stream.isatty() if live is None else live
+    self._done = 0
     self._start = self._shown = time.perf_counter()
 
-  def update(self, done: int) -> None:
-    now = time.perf_counter()
-    if now - self._shown < (0.2 if self._tty else 30.0):
-      return
-    self._shown = now
-    rate = done / max(now - self._start, 1e-9)
-    self._show(f"ETA {format_duration((self._total - done) / rate) if done else '?'}", done, rate)
+  def __enter__(self) -> "ImageProgress":
+    return self
 
-  def close(self, done: int) -> None:
+  def update(self, count: int) -> None:
+    """`count` more images done."""
+    self._done += count
+    now = time.perf_counter()
+    if now - self._shown >= (0.2 if self._live else 30.0):
+      self._shown = now
+      rate = self._done / (now - self._start)
+      eta = (self._total - self._done) / rate if rate else math.inf
+      self._show(f"ETA {format_duration(eta)}", rate)
+
+  def __exit__(self, *exc_info) -> None:
     elapsed = time.perf_counter() - self._start
-    self._show(f"took {format_duration(elapsed)}", done, done / max(elapsed, 1e-9))
-    if self._tty:
+    self._show(f"took {format_duration(elapsed)}", self._done / max(elapsed, 1e-9))
+    if self._live:
       self._stream.write("\n")
     self._stream.flush()
 
-  def _show(self, timing: str, done: int, rate: float) -> None:
-    line = f"{done}/{self._total} images | {rate:.0f} images/s | {timing}"
-    self._stream.write(f"\r{line}\033[K" if self._tty else f"{line}\n")
+  def _show(self, timing: str, rate: float) -> None:
+    line = f"{self._done}/{self._total} images | {rate:.0f} images/s | {timing}"
+    self._stream.write(f"\r{line}\033[K" if self._live else f"{line}\n")
     self._stream.flush()
 
 
