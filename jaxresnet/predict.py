@@ -1,10 +1,10 @@
 """Top-k classes of image files and folders: `python -m jaxresnet.predict --workdir DIR PATH...`.
 
-Folders are searched recursively (every .jpg/.jpeg/.png, sorted). Images are decoded in a thread
-pool and predicted in batches of `--batch_size`, so memory stays bounded for any number of them,
-each through the run's own preprocessing: decoded to RGB as PIL does, resized on the host to the
-run's source size, then resized and normalised on the device as in evaluation. `--output` writes
-one row per image (.csv or .jsonl); a progress line goes to stderr.
+Folders are searched recursively (every file of decode.IMAGE_SUFFIXES, sorted). Images are
+decoded in a thread pool and predicted in batches of `--batch_size`, so memory stays bounded for
+any number of them, each through the run's own preprocessing: decoded to RGB as PIL does, resized
+on the host to the run's source size, then resized and normalised on the device as in evaluation.
+`--output` writes one row per image (.csv or .jsonl); a progress line goes to stderr.
 """
 
 import contextlib

@@ -97,7 +97,9 @@ def test_missing_paths_and_empty_folders_fail_before_any_work(few_images):
   with pytest.raises(errors.UserError, match=f"{few_images / 'nope.jpg'} does not exist"):
     decode.find_images([few_images / "a/x.jpg", few_images / "nope.jpg"])
   (few_images / "empty").mkdir()
-  with pytest.raises(errors.UserError, match="holds no .jpg/.jpeg/.png images"):
+  with pytest.raises(
+    errors.UserError, match="holds no .jpg/.jpeg/.png/.bmp/.tif/.tiff/.webp images"
+  ):
     decode.find_images([few_images / "empty"])
 
 

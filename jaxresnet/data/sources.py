@@ -125,7 +125,8 @@ def _scan_folder(root: str) -> tuple[tuple[str, ...], dict[str, list[tuple[str, 
 
   Follows tfds.folder_dataset.ImageFolder, down to its order (sorted classes and files, then each
   split shuffled by `random.Random(split)`, so a slice such as 'train[90%:]' mixes the classes),
-  but refuses splits whose class folders differ, and empty class folders.
+  but reads more image types (decode.IMAGE_SUFFIXES), and refuses splits whose class folders
+  differ, and empty class folders.
   """
   root_dir = pathlib.Path(root).expanduser()
   if not root_dir.is_dir():
