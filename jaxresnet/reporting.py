@@ -5,9 +5,10 @@ is the train loop's to decide.
 """
 
 import math
+import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import jax
 import numpy as np
@@ -109,6 +110,45 @@ class Progress:
     logging.info("epoch %d/%d | %s | %s", epoch, num_epochs, " | ".join(parts),
                  format_duration(now - self._epoch_start))  # fmt: skip
     self._epoch_start = now
+
+
+class ImageProgress:
+  """One line of images done/total, images/s and the ETA, for `predict`: rewritten in place on a
+  terminal (at most 5 times a second), else appended every 30 s (a log). A context manager that
+  ends with a final line, also on an error, so that an error message starts a line of its own.
+  """
+
+  def __init__(self, total: int, stream: TextIO = sys.stderr, live: bool | None = None):
+    """`live`: rewrite the line in place; by default when `stream` is a terminal."""
+    self._total, self._stream = total, stream
+    self._live = stream.isatty() if live is None else live
+    self._done = 0
+    self._start = self._shown = time.perf_counter()
+
+  def __enter__(self) -> "ImageProgress":
+    return self
+
+  def update(self, count: int) -> None:
+    """`count` more images done."""
+    self._done += count
+    now = time.perf_counter()
+    if now - self._shown >= (0.2 if self._live else 30.0):
+      self._shown = now
+      rate = self._done / (now - self._start)
+      eta = (self._total - self._done) / rate if rate else math.inf
+      self._show(f"ETA {format_duration(eta)}", rate)
+
+  def __exit__(self, *exc_info) -> None:
+    elapsed = time.perf_counter() - self._start
+    self._show(f"took {format_duration(elapsed)}", self._done / max(elapsed, 1e-9))
+    if self._live:
+      self._stream.write("\n")
+    self._stream.flush()
+
+  def _show(self, timing: str, rate: float) -> None:
+    line = f"{self._done}/{self._total} images | {rate:.0f} images/s | {timing}"
+    self._stream.write(f"\r{line}\033[K" if self._live else f"{line}\n")
+    self._stream.flush()
 
 
 def per_class_table(

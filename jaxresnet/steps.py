@@ -96,7 +96,22 @@ def eval_step(
 
 
 def predict_step(
-  variables: dict, images: jax.Array, *, model: Any, config: ml_collections.ConfigDict
+  variables: dict,
+  images: jax.Array,
+  *,
+  model: Any,
+  config: ml_collections.ConfigDict,
+  hflip: bool = False,
 ) -> jax.Array:
-  """Class probabilities of uint8 images at their source size."""
-  return jax.nn.softmax(eval_logits(variables, images, model=model, config=config))
+  """Class probabilities of uint8 images at their source size.
+
+  With `hflip` (test-time augmentation), the mean of the softmax of each image and of its mirror
+  image, from one forward pass over both; flipping before the resize equals flipping after it.
+  """
+  if not hflip:
+    return jax.nn.softmax(eval_logits(variables, images, model=model, config=config))
+  both = jnp.concatenate([images, images[:, :, ::-1]])
+  plain, flipped = jnp.split(
+    jax.nn.softmax(eval_logits(variables, both, model=model, config=config)), 2
+  )
+  return (plain + flipped) / 2

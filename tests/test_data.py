@@ -13,11 +13,14 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+import torch
+import torchvision
 from PIL import Image
+from torchvision.transforms.v2 import functional as F
 
 from configs import default
 from jaxresnet import network, parallel
-from jaxresnet.data import cifar10_jpeg, dataset
+from jaxresnet.data import cifar10_jpeg, dataset, decode
 
 CIFAR10_CLASSES = cifar10_jpeg.CLASSES
 
@@ -238,12 +241,13 @@ def jpeg(cifar_jpeg_subset) -> bytes:
   return (cifar_jpeg_subset / "test/cat/0000.jpg").read_bytes()
 
 
-def test_grayscale_rgba_and_other_sizes_become_rgb_at_source_size(tmp_path, jpeg):
+def test_grayscale_rgba_other_sizes_and_types_become_rgb_at_source_size(tmp_path, jpeg):
   rng = np.random.default_rng(0)
   gray = Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8), "L")
   rgba = Image.fromarray(rng.integers(0, 256, (32, 32, 4), dtype=np.uint8), "RGBA")
   large = Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8), "RGB")
   files = {"a/gray.png": gray, "a/rgba.png": rgba, "a/large.jpg": large, "b/x.jpg": jpeg}
+  files.update({f"b/x.{suffix}": large for suffix in ("bmp", "tif", "TIFF", "webp", "jpeg")})
   root = _make_folder(
     tmp_path, {f"{split}/{name}": f for split in ("train", "test") for name, f in files.items()}
   )
@@ -255,6 +259,29 @@ def test_grayscale_rgba_and_other_sizes_become_rgb_at_source_size(tmp_path, jpeg
       image = image.resize((32, 32), Image.Resampling.BILINEAR)
     expected.append(np.asarray(image).tobytes())
   assert sorted(image.tobytes() for image in images) == sorted(expected)
+
+
+@pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")  # torchvision 0.29
+def test_sixteen_bit_grayscale_is_scaled_as_torchvision_scales_it(tmp_path):
+  """PIL's convert("RGB") clips 16-bit values to 255; torchvision's decode_image and
+  to_dtype(uint8, scale=True) give value >> 8, and so does decode, for PNG and TIFF alike."""
+  values = np.random.default_rng(0).integers(0, 65536, (32, 32)).astype(np.uint16)
+  values[0, :4] = [0, 255, 256, 65535]
+  images = {
+    "png": Image.fromarray(values),  # I;16
+    "tif": Image.frombytes("I;16B", (32, 32), values.astype(">u2").tobytes()),
+    "tiff": Image.fromarray(values.astype(np.int32), "I"),
+  }
+  for suffix, image in images.items():
+    image.save(tmp_path / f"gray.{suffix}")
+  png = torchvision.io.decode_image(torchvision.io.read_file(str(tmp_path / "gray.png")))
+  assert png.dtype == torch.uint16
+  expected = F.to_dtype(png, torch.uint8, scale=True).expand(3, -1, -1).permute(1, 2, 0).numpy()
+  np.testing.assert_array_equal(expected[..., 0], values >> 8)
+  for suffix in images:
+    assert Image.open(tmp_path / f"gray.{suffix}").mode == images[suffix].mode
+    np.testing.assert_array_equal(decode.read_image(tmp_path / f"gray.{suffix}", 32), expected)
+  assert (np.asarray(Image.open(tmp_path / "gray.png").convert("L")) == 255).mean() > 0.99
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "broken_link"])

@@ -9,7 +9,7 @@ import collections
 import concurrent.futures
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
@@ -64,12 +64,18 @@ def eval_indices(num_examples: int, batch_size: int, local: slice) -> Iterator[B
     yield {"index": np.where(mask, index, 0), "mask": mask}
 
 
-def load_batches(split: sources.Split, indices: Iterator[Batch], prefetch: int) -> Iterator[Batch]:
+def load_batches(
+  split: sources.Split,
+  indices: Iterator[Batch],
+  prefetch: int,
+  read: Callable[[str, int], np.ndarray] = decode.read_image,
+) -> Iterator[Batch]:
   """The examples at each batch of indices: {"image", "label"} plus any other key of the indices.
 
-  In-memory splits are indexed. Image files are decoded by a thread pool (PIL releases the GIL
-  while it decodes), `prefetch` batches ahead of the consumer, so that decoding overlaps the
-  device's step; a bad file fails naming itself, at the batch that holds it.
+  In-memory splits are indexed. Image files are decoded by `read(path, size)` in a thread pool
+  (PIL releases the GIL while it decodes), `prefetch` batches ahead of the consumer, so that
+  decoding overlaps the device's step and at most `prefetch + 1` batches are held; a bad file
+  fails naming itself, at the batch that holds it.
   """
   if split.images is not None:
     for batch in indices:
@@ -87,7 +93,7 @@ def load_batches(split: sources.Split, indices: Iterator[Batch], prefetch: int) 
   try:
     for batch in indices:
       index = batch.pop("index")
-      files = [pool.submit(decode.read_image, split.paths[i], size) for i in index]
+      files = [pool.submit(read, split.paths[i], size) for i in index]
       pending.append((files, {"label": split.labels[index], **batch}))
       if len(pending) > prefetch:
         yield finished()

@@ -1,17 +1,54 @@
-"""Image files -> RGB uint8 pixels, exactly as PIL decodes them (as torchvision reads them)."""
+"""Image files -> RGB uint8 pixels, as PIL decodes them (as torchvision reads them).
+
+8-bit images are PIL's pixels exactly: gray, palette or RGBA made RGB by `convert("RGB")`.
+16-bit grayscale (PNG, TIFF: PIL modes I;16, I;16B, I) is scaled to 8 bits as `value >> 8`, what
+torchvision's `decode_image` followed by `to_dtype(torch.uint8, scale=True)` gives, and what PIL
+itself does to 16-bit RGB PNGs; PIL's `convert("RGB")` would clip every value above 255 to white.
+"""
 
 import pathlib
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from jaxresnet import errors
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # Those of tfds.folder_dataset.ImageFolder.
+# tfds.folder_dataset.ImageFolder's (.jpg, .jpeg, .png), and the others PIL reads here.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# PIL's modes of 16-bit grayscale; "I" (32-bit) is how older PIL opens them, clipped to 16 bits.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def has_image_suffix(path: pathlib.Path) -> bool:
+  return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def find_images(paths: Sequence[str | pathlib.Path]) -> list[pathlib.Path]:
+  """The files named, in order, each folder replaced by its image files (recursively, sorted).
+
+  Raises:
+    UserError: for a path that does not exist or a folder without images, before any decoding.
+  """
+  found = []
+  for path in map(pathlib.Path, paths):
+    if path.is_dir():
+      images = sorted(p for p in path.rglob("*") if has_image_suffix(p) and p.is_file())
+      if not images:
+        raise errors.UserError(
+          f"The folder {path} holds no {'/'.join(IMAGE_SUFFIXES)} images (searched recursively): "
+          "pass folders or files of images."
+        )
+      found += images
+    elif path.exists():
+      found.append(path)
+    else:
+      raise errors.UserError(f"{path} does not exist: pass existing image files or folders.")
+  return found
 
 
 def read_image(path: str | pathlib.Path, size: int) -> np.ndarray:
-  """uint8 [size, size, 3]: the file decoded by PIL, gray or RGBA made RGB by `convert("RGB")`.
+  """uint8 [size, size, 3]: the file decoded by PIL and made RGB (see the module docstring).
 
   Images of another size are resized by PIL itself (bilinear), so that they can be batched with
   the others; those pixels are PIL's too.
@@ -21,7 +58,7 @@ def read_image(path: str | pathlib.Path, size: int) -> np.ndarray:
   """
   try:
     with Image.open(path) as image:
-      image = image.convert("RGB")
+      image = _to_rgb(image)
       if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
       return np.asarray(image)
@@ -29,3 +66,10 @@ def read_image(path: str | pathlib.Path, size: int) -> np.ndarray:
     raise errors.UserError(
       f"Cannot read the image {path}: {error}. Replace or delete this file."
     ) from error
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+  if image.mode in _SIXTEEN_BIT_MODES:
+    pixels = np.clip(np.asarray(image, np.int64), 0, 65535) >> 8
+    image = Image.fromarray(pixels.astype(np.uint8), "L")
+  return image.convert("RGB")

@@ -125,7 +125,8 @@ def _scan_folder(root: str) -> tuple[tuple[str, ...], dict[str, list[tuple[str, 
 
   Follows tfds.folder_dataset.ImageFolder, down to its order (sorted classes and files, then each
   split shuffled by `random.Random(split)`, so a slice such as 'train[90%:]' mixes the classes),
-  but refuses splits whose class folders differ, and empty class folders.
+  but reads more image types (decode.IMAGE_SUFFIXES), and refuses splits whose class folders
+  differ, and empty class folders.
   """
   root_dir = pathlib.Path(root).expanduser()
   if not root_dir.is_dir():
@@ -152,12 +153,11 @@ def _scan_folder(root: str) -> tuple[tuple[str, ...], dict[str, list[tuple[str, 
     split_examples = []
     for label, name in enumerate(class_names):
       class_dir = root_dir / split / name
-      suffixes = decode.IMAGE_SUFFIXES
-      files = sorted(str(p) for p in class_dir.iterdir() if p.suffix.lower() in suffixes)
+      files = sorted(str(p) for p in class_dir.iterdir() if decode.has_image_suffix(p))
       if not files:
         raise errors.UserError(
-          f"The class folder {class_dir} holds no {'/'.join(suffixes)} images: add some, "
-          "or remove this class from every split."
+          f"The class folder {class_dir} holds no {'/'.join(decode.IMAGE_SUFFIXES)} images: add "
+          "some, or remove this class from every split."
         )
       split_examples += [(path, label) for path in files]
     random.Random(split).shuffle(split_examples)
