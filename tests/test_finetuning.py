@@ -78,15 +78,15 @@ def in_stem_to_layer2(path: str) -> bool:
 @pytest.mark.parametrize(
   "overrides, frozen",
   [
-    # Fast: both controls at once (one compilation); the linear probe slow. Each control alone
-    # is also in test_param_groups_float64_equal_torch (freeze=layer1; batchnorm=frozen).
+    # Both controls at once (one compilation), and the linear probe; each control alone is also
+    # in test_param_groups_float64_equal_torch (freeze=layer1; batchnorm=frozen).
     ({"freeze": "layer2", "batchnorm": "frozen"},
      lambda path: in_stem_to_layer2(path) or is_batchnorm(path)),
-    pytest.param({"freeze": "head_only"}, lambda path: not path.startswith("['fc'"),
-                 marks=pytest.mark.slow),
+    ({"freeze": "head_only"}, lambda path: not path.startswith("['fc'")),
   ],
   ids=["freeze=layer2+batchnorm=frozen", "freeze=head_only"],
 )  # fmt: skip
+@pytest.mark.slow  # The fast tier proves freezing by the HLO count above.
 def test_frozen_parameters_and_statistics_stay_bit_identical(overrides, frozen):
   """3 SGD steps with momentum and weight decay on noise at 32x32, with class weights."""
   state = train_state(finetune_config(**overrides, learning_rate=0.1))

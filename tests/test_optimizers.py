@@ -67,8 +67,10 @@ def report(title: str, errors: dict[str, float], tolerance: float) -> None:
   assert errors[worst] <= tolerance, worst
 
 
+# Fast: SGD (the paper's best); Adam and the variants slow (Adam in float64 is also in
+# test_finetuning.py's param-group parity).
 @pytest.mark.parametrize(
-  "name", [n if n in TOLERANCE else pytest.param(n, marks=pytest.mark.slow) for n in PAPER]
+  "name", [n if n == "sgd" else pytest.param(n, marks=pytest.mark.slow) for n in PAPER]
 )
 def test_same_gradients_give_torchs_parameters(name):
   config = paper_config(name)
