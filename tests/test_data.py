@@ -5,6 +5,7 @@ Every test goes through the public API: `create_dataset`, `Dataset.info`, `train
 """
 
 import itertools
+import logging
 import socket
 import time
 
@@ -259,6 +260,26 @@ def test_grayscale_rgba_other_sizes_and_types_become_rgb_at_source_size(tmp_path
       image = image.resize((32, 32), Image.Resampling.BILINEAR)
     expected.append(np.asarray(image).tobytes())
   assert sorted(image.tobytes() for image in images) == sorted(expected)
+
+
+def test_images_shrunk_below_the_model_input_are_warned_about(tmp_path, caplog):
+  """96x128 photos, source_image_size 32 (the default), image_size 64: the host would throw
+  away detail the model could use. At source_image_size 64 it does not, and says nothing."""
+  photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 128, 3), np.uint8))
+  files = {f"{split}/{c}/{i}.png": photo for split in ("train", "test") for c in "ab"
+           for i in range(3)}  # fmt: skip
+  files["train/a/._0.png"] = b"not an image: a macOS resource fork, skipped"
+  root = _make_folder(tmp_path, files)
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    data = _folder_dataset(root, image_size=64)
+  assert data.info.num_examples["train"] == 6  # The hidden file is not an example.
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warnings) == 1 and "about 96 pixels on their shorter side" in warnings[0]
+  assert "Set --config.source_image_size=64." in warnings[0]
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    _folder_dataset(root, image_size=64, source_image_size=64)
+  assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
 @pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")  # torchvision 0.29

@@ -20,8 +20,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def has_image_suffix(path: pathlib.Path) -> bool:
-  return path.suffix.lower() in IMAGE_SUFFIXES
+def is_image_file_name(path: pathlib.Path) -> bool:
+  """An image suffix, and not hidden: macOS's `._name.jpg` resource forks are not images."""
+  return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
 def find_images(paths: Sequence[str | pathlib.Path]) -> list[pathlib.Path]:
@@ -33,7 +34,7 @@ def find_images(paths: Sequence[str | pathlib.Path]) -> list[pathlib.Path]:
   found = []
   for path in map(pathlib.Path, paths):
     if path.is_dir():
-      images = sorted(p for p in path.rglob("*") if has_image_suffix(p) and p.is_file())
+      images = sorted(p for p in path.rglob("*") if is_image_file_name(p) and p.is_file())
       if not images:
         raise errors.UserError(
           f"The folder {path} holds no {'/'.join(IMAGE_SUFFIXES)} images (searched recursively): "

@@ -13,6 +13,8 @@ from typing import Protocol
 
 import ml_collections
 import numpy as np
+from absl import logging
+from PIL import Image
 
 from jaxresnet import errors, network
 from jaxresnet.data import decode
@@ -42,7 +44,9 @@ def create_source(config: ml_collections.ConfigDict) -> Source:
   if config.dataset == "cifar10":
     return TfdsCifar10(config.data_dir)
   if config.dataset.startswith(IMAGEFOLDER):
-    return ImageFolder(config.dataset.removeprefix(IMAGEFOLDER), config.source_image_size)
+    folder = ImageFolder(config.dataset.removeprefix(IMAGEFOLDER), config.source_image_size)
+    folder.warn_if_shrunk(config.image_size)
+    return folder
   raise errors.UserError(
     f"config.dataset = {config.dataset!r} is unknown: use 'cifar10' or 'imagefolder:PATH' "
     "(PATH/train/<class>/*.jpg, PATH/test/<class>/*.jpg)."
@@ -95,6 +99,31 @@ class ImageFolder:
   def __init__(self, root: str, image_size: int):
     self._root, self._image_size = root, image_size
     self.class_names, self._examples = _scan_folder(root)
+
+  def warn_if_shrunk(self, model_size: int, samples: int = 32) -> None:
+    """Warns when the images are resized on the host below both their size and the model's.
+
+    `source_image_size` is what the host resizes every image to before batching; the device then
+    resizes that to `image_size`. Photos larger than the model input would silently lose detail
+    to a small `source_image_size` (32 by default, CIFAR-10's size). Reads only the headers of
+    `samples` files spread over the folder.
+    """
+    files = [path for examples in self._examples.values() for path, _ in examples]
+    shorter = []
+    for path in files[:: max(1, len(files) // samples)][:samples]:
+      try:
+        with Image.open(path) as image:
+          shorter.append(min(image.size))
+      except (OSError, ValueError):  # Named when it is decoded, with the fix.
+        continue
+    typical = int(np.median(shorter)) if shorter else 0
+    if min(typical, model_size) > self._image_size:
+      logging.warning(
+        "The images of %s are about %d pixels on their shorter side (median of %d), but the host "
+        "resizes each to %dx%d (config.source_image_size) before the model sees %dx%d: detail is "
+        "lost. Set --config.source_image_size=%d.", self._root, typical, len(shorter),
+        self._image_size, self._image_size, model_size, model_size, min(typical, model_size),
+      )  # fmt: skip
 
   def split(self, spec: str) -> Split:
     """The files of a split string: TFDS's slicing over the folder's sorted, shuffled files."""
@@ -153,7 +182,7 @@ def _scan_folder(root: str) -> tuple[tuple[str, ...], dict[str, list[tuple[str, 
     split_examples = []
     for label, name in enumerate(class_names):
       class_dir = root_dir / split / name
-      files = sorted(str(p) for p in class_dir.iterdir() if decode.has_image_suffix(p))
+      files = sorted(str(p) for p in class_dir.iterdir() if decode.is_image_file_name(p))
       if not files:
         raise errors.UserError(
           f"The class folder {class_dir} holds no {'/'.join(decode.IMAGE_SUFFIXES)} images: add "
