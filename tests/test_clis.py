@@ -25,6 +25,7 @@ from tests import torch_utils
 from tests import train_helpers as th
 
 
+@pytest.mark.slow  # Heavy for the fast tier (300 images through both frameworks).
 def test_converted_weights_predict_like_torchvision_before_training(
   cifar_root, tmp_path, exact_matmuls
 ):

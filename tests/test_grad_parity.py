@@ -99,7 +99,8 @@ def test_float32_gradients_near_float64(grads):
   assert jax_errors[worst] <= 2e-2, worst
 
 
-@pytest.mark.parametrize("arch", [ARCH, pytest.param("resnext50_32x4d", marks=pytest.mark.slow)])
+@pytest.mark.slow  # Heavy for the fast tier, as every gradient test.
+@pytest.mark.parametrize("arch", [ARCH, "resnext50_32x4d"])
 def test_float64_gradients_equal_torch_at_32x32(arch, tmp_path):
   """CIFAR's own size: layer3/4's convolutions run as models.Conv's matmul over windows (grouped
   in ResNeXt, whose backward is then a grouped convolution's in both frameworks)."""

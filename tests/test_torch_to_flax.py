@@ -106,6 +106,7 @@ def assert_train_parity(arch, torch_model, variables, images, dtype, tolerance) 
   return errors[worst]
 
 
+@pytest.mark.slow  # Heavy for the fast tier; float64 exactness of the forward stays fast.
 def test_train_float32_matches_torchvision(inputs, resnet18):
   torch_model, variables = resnet18
   assert_train_parity("resnet18", torch_model, variables, inputs, jnp.float32, 1e-5)
@@ -203,6 +204,7 @@ def test_odd_input_size_keeps_torch_shapes(resnet18):
     assert diff <= 1e-4 * max(1.0, np.abs(expected[key]).max()), key
 
 
+@pytest.mark.slow  # Heavy for the fast tier.
 def test_bfloat16_compute_stays_close(inputs, resnet18):
   """bf16 has an 8-bit mantissa (~4e-3 per rounding): 2e-2 relative leaves room for ~20
   layers of it; the prototype measured ~5e-3."""
