@@ -115,6 +115,7 @@ def test_unreadable_files_are_named_or_skipped_and_listed(predictor, few_images)
   assert len(unreadable) == 1 and str(bad) in unreadable[0]
 
 
+@pytest.mark.slow  # A second compilation (the doubled batch): heavy for the fast tier.
 def test_flip_tta_is_the_mean_of_the_image_and_its_mirror(mock_run, predictor, few_images):
   paths = decode.find_images([few_images / "a"])
   mirrored = []

@@ -259,6 +259,7 @@ def test_state_dict_of_another_architecture_lists_the_keys():
   assert "unexpected keys (80)" in str(error.value) and "layer1.2.conv1.weight" in str(error.value)
 
 
+@pytest.mark.slow  # Builds several architectures: heavy for the fast tier.
 def test_state_dict_with_the_same_keys_is_told_apart_by_shapes():
   """resnext50_32x4d has resnet50's keys: only the shapes name it."""
   with torch.device("meta"):
