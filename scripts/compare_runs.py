@@ -47,6 +47,17 @@ def run_torch_reference(argv: list[str], run_dir: pathlib.Path) -> tuple[list[di
   return json.loads(history.read_text())["history"], wall
 
 
+def reference_argv(preset: Preset, data: pathlib.Path, optimizer: str, weights: str, epochs: int,
+                   seed: int) -> list[str]:  # fmt: skip
+  """torch_reference's arguments for a run of `preset`'s sizes and DataLoader settings."""
+  fields = {
+    "data": data, "optimizer": optimizer, "weights": weights, "epochs": epochs,
+    "batch-size": preset.batch_size, "image-size": preset.image_size,
+    "workers": preset.torch_workers, "threads": preset.torch_threads, "seed": seed,
+  }  # fmt: skip
+  return [item for name, value in fields.items() for item in (f"--{name}", str(value))]
+
+
 def torch_run(
   preset: Preset,
   recipe: Recipe,
@@ -56,26 +67,8 @@ def torch_run(
   run_dir: pathlib.Path,
 ) -> dict:
   """One torch_reference run; `seed` is its `torch.manual_seed` (head, order, flips)."""
-  argv = [
-    "--data",
-    str(data),
-    "--optimizer",
-    recipe.optimizer,
-    "--weights",
-    str(body) if recipe.pretrained else "",
-    "--epochs",
-    str(preset.epochs),
-    "--batch-size",
-    str(preset.batch_size),
-    "--image-size",
-    str(preset.image_size),
-    "--workers",
-    str(preset.torch_workers),
-    "--threads",
-    str(preset.torch_threads),
-    "--seed",
-    str(seed),
-  ]
+  weights = str(body) if recipe.pretrained else ""
+  argv = reference_argv(preset, data, recipe.optimizer, weights, preset.epochs, seed)
   history, wall = run_torch_reference(argv, run_dir)
   epochs = [
     {

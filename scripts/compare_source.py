@@ -50,30 +50,9 @@ def trained_source(preset: Preset, cache: pathlib.Path) -> tuple[pathlib.Path, d
     return body_file, json.loads(info_file.read_text()) | {"cached": True}
   per_class = {"train": preset.source_train_per_class, "test": preset.source_test_per_class}
   data = compare_data.class_folder(cache, preset.source_classes, per_class)
-  argv = [
-    "--data",
-    str(data),
-    "--optimizer",
-    preset.source_optimizer,
-    "--lr",
-    str(preset.source_lr),
-    "--weights",
-    "",
-    "--epochs",
-    str(preset.source_epochs),
-    "--batch-size",
-    str(preset.batch_size),
-    "--image-size",
-    str(preset.image_size),
-    "--workers",
-    str(preset.torch_workers),
-    "--threads",
-    str(preset.torch_threads),
-    "--seed",
-    str(SOURCE_SEED),
-    "--save",
-    str(directory / "full.pt"),
-  ]
+  argv = compare_runs.reference_argv(preset, data, preset.source_optimizer, "",
+                                     preset.source_epochs, SOURCE_SEED)  # fmt: skip
+  argv += ["--lr", str(preset.source_lr), "--save", str(directory / "full.pt")]
   history, wall = compare_runs.run_torch_reference(argv, directory)
   origin = f"trained here from scratch (torch_reference, seed {SOURCE_SEED})"
   body = body_of(torch.load(directory / "full.pt", weights_only=True), origin)
