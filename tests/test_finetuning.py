@@ -134,10 +134,7 @@ def torch_param_groups(model: torch.nn.Module, config: ml_collections.ConfigDict
 def test_param_groups_float64_equal_torch(overrides, tmp_path):
   """3 training steps at 32x32 on 4 CIFAR-10 images and 4 of noise, as test_optimizers does."""
   config = finetune_config(**overrides)
-  images = torch_utils.parity_inputs(num_real=4, num_noise=4, size=32).double()
-  generator = torch.Generator().manual_seed(0)
-  labels = [torch.randint(0, NUM_CLASSES, (8,), generator=generator) for _ in range(3)]
-  torch_model = torch_utils.randomized_torchvision(ARCH, NUM_CLASSES).double()
+  images, labels, torch_model = torch_utils.float64_training_inputs(ARCH, NUM_CLASSES)
   with jax.enable_x64(True):
     variables = torch_utils.convert_with_cli(torch_model, tmp_path, ARCH)
     model = models.create_model(ARCH, NUM_CLASSES, jnp.float64, config.freeze, config.batchnorm)

@@ -103,10 +103,7 @@ def test_same_gradients_give_torchs_parameters(name):
 def test_three_training_steps_float64_equal_torch(name, tmp_path):
   """At 32x32 (4 CIFAR-10 images, 4 of noise) to stay quick; the forward is size-agnostic."""
   config = paper_config(name)
-  images = torch_utils.parity_inputs(num_real=4, num_noise=4, size=32).double()
-  generator = torch.Generator().manual_seed(0)
-  labels = [torch.randint(0, NUM_CLASSES, (8,), generator=generator) for _ in range(3)]
-  torch_model = torch_utils.randomized_torchvision(ARCH, NUM_CLASSES).double()
+  images, labels, torch_model = torch_utils.float64_training_inputs(ARCH, NUM_CLASSES)
   with jax.enable_x64(True):
     variables = torch_utils.convert_with_cli(torch_model, tmp_path, ARCH)
     model = models.create_model(ARCH, NUM_CLASSES, jnp.float64)

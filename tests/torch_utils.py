@@ -60,6 +60,17 @@ def parity_inputs(num_real: int = 4, num_noise: int = 4, size: int = 224) -> tor
   return torch.cat([real, noise])
 
 
+def float64_training_inputs(
+  arch: str, num_classes: int, steps: int = 3
+) -> tuple[torch.Tensor, list[torch.Tensor], torch.nn.Module]:
+  """(images, labels per step, a randomized float64 torchvision model) for training-step parity:
+  at 32x32, 4 CIFAR-10 images and 4 of noise, labels seeded."""
+  images = parity_inputs(num_real=4, num_noise=4, size=32).double()
+  generator = torch.Generator().manual_seed(0)
+  labels = [torch.randint(0, num_classes, (8,), generator=generator) for _ in range(steps)]
+  return images, labels, randomized_torchvision(arch, num_classes).double()
+
+
 def to_nhwc(images: torch.Tensor) -> np.ndarray:
   return images.permute(0, 2, 3, 1).numpy()
 
