@@ -82,14 +82,14 @@ def main(argv: list[str]) -> None:
   class_names = result["class_names"]
   pngs = [workdir / f"confusion_matrix_{name}.png"]
   figures.plot_confusion_matrix(confusion, class_names, pngs[0], title)
+  areas = scores.one_vs_rest(result["probabilities"], result["labels"])
   pngs += figures.plot_one_vs_rest_curves(result["probabilities"], result["labels"], class_names,
-                                          workdir, f"_{name}",
+                                          areas, workdir, f"_{name}",
                                           f"{result['split']}, step {result['step']}")  # fmt: skip
   logging.info("Wrote %s", ", ".join(map(str, pngs)))
   print(f"{cli.FLAGS.checkpoint} checkpoint (step {result['step']}) on {result['split']}: "
         f"loss {result['loss']:.4f}, accuracy {100 * result['accuracy']:.2f}%")  # fmt: skip
-  auc = scores.one_vs_rest(result["probabilities"], result["labels"])["auc"]
-  print(reporting.per_class_table(confusion, class_names, auc))
+  print(reporting.per_class_table(confusion, class_names, areas["auc"]))
   print("confusion matrix (rows: true, columns: predicted):")
   print(confusion)
 

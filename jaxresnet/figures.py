@@ -2,7 +2,7 @@
 matrix, and the one-vs-rest ROC and precision-recall curves imbalanced classes call for."""
 
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -76,9 +76,12 @@ def plot_confusion_matrix(
 
 
 def plot_one_vs_rest_curves(probabilities: np.ndarray, labels: np.ndarray,
-                            class_names: Sequence[str], directory: pathlib.Path, suffix: str,
+                            class_names: Sequence[str], areas: Mapping[str, np.ndarray],
+                            directory: pathlib.Path, suffix: str,
                             title: str) -> list[pathlib.Path]:  # fmt: skip
   """directory/roc{suffix}.png and precision_recall{suffix}.png, for up to `MAX_CURVE_CLASSES`.
+
+  `areas` is `scores.one_vs_rest` of the same predictions, for the legends.
 
   Returns:
     The files written; none beyond `MAX_CURVE_CLASSES` classes.
@@ -88,27 +91,27 @@ def plot_one_vs_rest_curves(probabilities: np.ndarray, labels: np.ndarray,
   paths = []
   for kind, name in (("roc", "ROC"), ("precision_recall", "precision-recall")):
     paths.append(directory / f"{kind}{suffix}.png")
-    _plot_one_vs_rest(probabilities, labels, class_names, kind, paths[-1],
+    _plot_one_vs_rest(probabilities, labels, class_names, areas, kind, paths[-1],
                       f"{name} curves, one class vs the rest: {title}")  # fmt: skip
   return paths
 
 
 def _plot_one_vs_rest(probabilities: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
-                      kind: str, path: pathlib.Path, title: str) -> None:  # fmt: skip
+                      areas: Mapping[str, np.ndarray], kind: str, path: pathlib.Path,
+                      title: str) -> None:  # fmt: skip
   """Each class's ROC ("roc") or precision-recall ("precision_recall") curve against the rest,
   its AUC or average precision in the legend."""
   fig, ax = plt.subplots(figsize=(7, 6))
-  summary = scores.one_vs_rest(probabilities, labels)
   for c, name in enumerate(class_names):
     positive = labels == c
     if positive.all() or not positive.any():  # Undefined: one side is empty.
       continue
     if kind == "roc":
       x, y = scores.roc_curve(probabilities[:, c], positive)
-      ax.plot(x, y, label=f"{name} (AUC {summary['auc'][c]:.3f})")
+      ax.plot(x, y, label=f"{name} (AUC {areas['auc'][c]:.3f})")
     else:
       y, x = scores.precision_recall_curve(probabilities[:, c], positive)
-      ax.step(x, y, where="post", label=f"{name} (AP {summary['average_precision'][c]:.3f})")
+      ax.step(x, y, where="post", label=f"{name} (AP {areas['average_precision'][c]:.3f})")
   if kind == "roc":
     ax.plot([0, 1], [0, 1], color="gray", linestyle=":", linewidth=1)  # Chance.
   names = {"roc": ("false positive rate", "true positive rate"),

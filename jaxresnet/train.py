@@ -203,7 +203,7 @@ def end_epoch(
     raise stopped(run, step) from None
   evaluated = {}
   for name, split in computed.items():
-    split["auc"] = scores.one_vs_rest(split["probabilities"], split["labels"])["auc"]
+    split.update(scores.one_vs_rest(split["probabilities"], split["labels"]))  # Once per split.
     summary = scores.summary(split["confusion_matrix"], split["auc"], run.model_info["class_names"])
     split_record = {"loss": split["loss"], "accuracy": split["accuracy"], **summary}
     evaluated.update({f"{name}/{k}": v for k, v in split_record.items()})

@@ -234,7 +234,7 @@ def write_epoch_report(
   and (up to `figures.MAX_CURVE_CLASSES` classes) ROC and precision-recall curves.
 
   Args:
-    test: the test split's `evaluation.Results`, with "auc" (`scores.one_vs_rest`) added.
+    test: the test split's `evaluation.Results`, with `scores.one_vs_rest`'s values added.
   """
   history = read_history(workdir)
   figures.plot_curves(history, workdir / "curves.png")
@@ -242,7 +242,7 @@ def write_epoch_report(
   confusion = test["confusion_matrix"]
   title = f"test confusion matrix, epoch {epoch}"
   figures.plot_confusion_matrix(confusion, class_names, workdir / "confusion_matrix.png", title)
-  figures.plot_one_vs_rest_curves(test["probabilities"], test["labels"], class_names, workdir, "",
-                                  f"test, epoch {epoch}")  # fmt: skip
+  figures.plot_one_vs_rest_curves(test["probabilities"], test["labels"], class_names, test,
+                                  workdir, "", f"test, epoch {epoch}")  # fmt: skip
   table = reporting.per_class_table(confusion, class_names, test["auc"])
   (workdir / PER_CLASS_TABLE).write_text(table + "\n")
