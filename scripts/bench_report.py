@@ -159,8 +159,9 @@ def _compile_cell(part: dict) -> str:
 
 
 def _row_line(row: dict, dtype: str, meta: dict) -> str:
-  """One framework's table line."""
-  train = row["train"]
+  """One framework's table line; its compile and memory cells are the train step's, else (a peer
+  that only evaluates) the eval step's."""
+  train = row.get("train") or row.get("eval", {})
   tflops = (rate(row, "train") or float("nan")) * row["flops_per_image_xla"] / 1e12
   peak = peak_tflops(dtype) if meta["jax_device"] != "cpu" else None
   mfu = f"{tflops:.3g} ({100 * tflops / peak:.1f}%)" if peak else f"{tflops:.3g}"
