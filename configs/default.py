@@ -14,23 +14,35 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
 
-  # Data. `dataset` is "cifar10" (TFDS) or "imagefolder:/path" (train/, test/, optional val/).
+  # Data. `dataset` is "cifar10" (TFDS, in memory), "tfds:NAME" (any TFDS image-classification
+  # builder, read through its data source: "tfds:cifar100", "tfds:oxford_flowers102"), or
+  # "imagefolder:/path": /path/<split>/<class>/ (train/, test/, optional val/), or
+  # /path/<class>/: one split, "train", to slice ("train[:80%]").
   config.dataset = "cifar10"
   config.data_dir = ""  # TFDS data_dir; "" means TFDS's default (~/tensorflow_datasets).
+  config.label_key = "label"  # tfds:NAME's ClassLabel feature (cifar100: or "coarse_label").
   config.train_split = "train"
   config.eval_split = "test"  # Reported every epoch; never used to select checkpoints.
   config.val_split = ""  # E.g. "train[90%:]" with train_split="train[:90%]"; selects "best".
-  config.source_image_size = 32  # Image-folder images are resized to this on the host.
+  # >0: the host first squashes every image to this square (bilinear); 0: each its own size.
+  config.source_image_size = 0
   config.batch_size = 128  # Global, over all devices and processes.
   config.eval_batch_size = 256
   config.prefetch_batches = 2
 
-  # On-device preprocessing (the paper's torchvision transforms).
+  # Transforms (jaxresnet/data/transforms.py). "paper": Resize(image_size) + CenterCrop, random
+  # horizontal and vertical flips; "imagenet": RandomResizedCrop(image_size, crop_scale,
+  # crop_ratio) + a horizontal flip, evaluated at Resize(eval_resize) + CenterCrop(image_size).
+  config.transforms = "paper"
   config.image_size = 224
   config.mean = preprocess.IMAGENET_MEAN  # As torchvision's weights expect.
   config.std = preprocess.IMAGENET_STD
   config.hflip = True
-  config.vflip = True
+  config.vflip = ml_collections.config_dict.placeholder(bool)  # Unset: the preset's.
+  config.crop_scale = (0.08, 1.0)
+  config.crop_ratio = (3 / 4, 4 / 3)
+  # 0: the starting weights' own (torchvision's V2: 232 for 224), else round(image_size / 0.875).
+  config.eval_resize = 0
 
   # Model.
   config.model = "resnet18"

@@ -62,6 +62,13 @@ def torchvision_weights(arch: str, name: str) -> torchvision.models.WeightsEnum:
   return enum[name]
 
 
+def eval_transform_of(weights: torchvision.models.WeightsEnum) -> dict[str, int]:
+  """The evaluation resize and crop the weights were published with (their `transforms()`, an
+  ImageClassification preset): training's imagenet transforms evaluate as they say."""
+  preset = weights.transforms()
+  return {"resize_size": int(preset.resize_size[0]), "crop_size": int(preset.crop_size[0])}
+
+
 def download_weights(
   arch: str, weights: torchvision.models.WeightsEnum
 ) -> tuple[dict[str, torch.Tensor], pathlib.Path]:
@@ -194,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     raise errors.UserError(
       f"--output {args.output} already exists; choose a new directory or pass --overwrite."
     )
+  eval_transform = None
   if args.torch_checkpoint:
     state_dict, file = read_torch_checkpoint(args.torch_checkpoint), args.torch_checkpoint
     source = str(file.absolute())
@@ -201,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     weights = torchvision_weights(args.arch, args.weights or "IMAGENET1K_V1")
     state_dict, file = download_weights(args.arch, weights)
     source = f"torchvision:{args.arch}:{weights.name}"
+    eval_transform = eval_transform_of(weights)
   variables = convert_state_dict(state_dict, args.arch, args.num_classes, args.seed)
   num_classes = variables["params"]["fc"]["bias"].shape[0]
   metadata = {
@@ -213,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     "num_batches_tracked": batches_tracked(state_dict),
     "torch_version": torch.__version__,
     "torchvision_version": torchvision.__version__,
+    **({"eval_transform": eval_transform} if eval_transform else {}),
   }
   if args.output.exists():
     shutil.rmtree(args.output)

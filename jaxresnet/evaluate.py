@@ -24,6 +24,7 @@ from jaxresnet import (
 )
 from jaxresnet import workdir as workdir_lib
 from jaxresnet.data import dataset as dataset_lib
+from jaxresnet.data import transforms
 from jaxresnet.data.sources import IMAGEFOLDER
 
 
@@ -40,7 +41,8 @@ def evaluate_checkpoint(
   split = split or config.eval_split
   if dataset:
     config.dataset = dataset
-  data = dataset_lib.create_dataset(config, [split])
+  resize = info.get("eval_resize") or transforms.eval_resize(config)  # Older checkpoints.
+  data = dataset_lib.create_dataset(config, [split]).with_eval_resize(resize)
   check_class_names(tuple(info["class_names"]), data.info.class_names, config.dataset)
   model = models.create_model(info["model"], info["num_classes"], config.dtype)
   mesh = parallel.create_mesh()

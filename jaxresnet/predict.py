@@ -2,8 +2,8 @@
 
 Folders are searched recursively (every file of decode.IMAGE_SUFFIXES, sorted). Images are
 decoded in a thread pool and predicted in batches of `--batch_size`, so memory stays bounded for
-any number of them, each through the run's own preprocessing: decoded to RGB as PIL does, resized
-on the host to the run's source size, then resized and normalised on the device as in evaluation.
+any number of them, each through the run's own evaluation transforms: decoded to RGB as PIL does,
+resized and centre-cropped on the host (`data/transforms.py`), normalised on the device.
 `--output` writes one row per image (.csv or .jsonl); a progress line goes to stderr.
 """
 
@@ -22,7 +22,7 @@ from absl import app, flags
 
 from jaxresnet import checkpointing, cli, errors, models, reporting, steps
 from jaxresnet import workdir as workdir_lib
-from jaxresnet.data import batching, decode, sources
+from jaxresnet.data import batching, decode, sources, transforms
 
 TTA = ("none", "hflip")
 
@@ -37,7 +37,9 @@ class Predictor:
     config = workdir_lib.load_config(workdir)
     self._variables, info, _ = checkpointing.load_trained(workdir, which)
     self.class_names = tuple(info["class_names"])
-    self._size, self._prefetch = config.source_image_size, config.prefetch_batches
+    resize = info.get("eval_resize") or transforms.eval_resize(config)  # Older checkpoints.
+    self._transform = transforms.from_config(config, resize)
+    self._prefetch = config.prefetch_batches
     model = models.create_model(info["model"], info["num_classes"], config.dtype)
     step = functools.partial(steps.predict_step, model=model, config=config, hflip=tta == "hflip")
     self._step = jax.jit(step)
@@ -52,25 +54,24 @@ class Predictor:
         errors, files that are left out of the batches.
     """
     split = sources.Split(
-      labels=np.zeros(len(paths), np.int32),
-      image_shape=(self._size, self._size, 3),
-      paths=np.array([str(p) for p in paths], dtype=object),
+      labels=np.zeros(len(paths), np.int32), paths=np.array([str(p) for p in paths], dtype=object)
     )
     failed = {}  # Path -> error; a dict since the last batch's padding repeats the first file.
+    size = self._transform.output_size
 
-    def read(path: str, size: int) -> np.ndarray:
+    def load(i: int, draw: None) -> np.ndarray:
       try:
-        return decode.read_image(path, size)
+        return self._transform(decode.read_rgb(split.paths[i]), draw)
       except errors.UserError as error:
         if unreadable is None:
           hint = "Or pass --skip_unreadable to list and skip such files."
           raise errors.UserError(f"{error} {hint}") from error
-        failed[path] = str(error)
+        failed[split.paths[i]] = str(error)
         return np.zeros((size, size, 3), np.uint8)
 
     # Every batch padded to batch_size (eval_indices' mask), so that one compilation serves all.
     indices = batching.eval_indices(len(paths), batch_size, slice(None))
-    batches = batching.load_batches(split, indices, self._prefetch, read)
+    batches = batching.load_batches(split, indices, self._prefetch, load)
     for start, batch in zip(range(0, len(paths), batch_size), batches, strict=True):
       kept = [j for j in np.flatnonzero(batch["mask"]) if split.paths[start + j] not in failed]
       probabilities = np.asarray(self._step(self._variables, batch["image"]))

@@ -1,7 +1,8 @@
-"""On-device preprocessing: the paper's torchvision transforms, inside the jitted steps.
+"""On-device preprocessing: the device's half of torchvision's transforms, inside the jitted steps.
 
-The host ships uint8 images at their source size (32x32 for CIFAR-10, 196x fewer bytes than
-float32 at 224x224); resizing, flipping and normalizing happen here, on the accelerator.
+The host ships uint8 images at the size its transforms leave them (`data/transforms.py`; 32x32
+for CIFAR-10, 196x fewer bytes than float32 at 224x224); resizing them to image_size if needed,
+flipping and normalizing happen here, on the accelerator.
 
 The resize reproduces PIL's bilinear resampling (what torchvision's `Resize` does to PIL images)
 bit for bit: the same weights in the same 22-bit fixed point, the width pass rounded to uint8
@@ -18,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from jaxresnet import errors
+from jaxresnet.data import transforms
 
 # ImageNet's per-channel statistics, which torchvision's weights expect (configs' mean and std).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -33,7 +35,8 @@ def preprocess(
 
   Args:
     images: uint8 [B, H, W, 3].
-    config: reads `image_size`, `mean`, `std`, and for training `hflip`, `vflip`.
+    config: reads `image_size`, `mean`, `std`, and for training the flips
+      (`transforms.flips`: `hflip`, `vflip`, the `transforms` preset's).
     rng: None for evaluation (no flips); for training a key, already folded with the step, that
       draws each image's horizontal and vertical flip independently with p = 0.5.
 
@@ -43,7 +46,8 @@ def preprocess(
   images = jnp.asarray(images, jnp.float32)  # Whole numbers, 0..255, until normalized.
   if rng is not None:
     # Flipping commutes exactly with the (mirror-symmetric) resize, and is cheaper before it.
-    images = _random_flips(images, rng, hflip=config.hflip, vflip=config.vflip)
+    hflip, vflip = transforms.flips(config)
+    images = _random_flips(images, rng, hflip=hflip, vflip=vflip)
   images = _resize_like_pil(images, config.image_size)
   mean = jnp.asarray(config.mean, jnp.float32)
   std = jnp.asarray(config.std, jnp.float32)

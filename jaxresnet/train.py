@@ -37,13 +37,14 @@ from jaxresnet import (
 )
 from jaxresnet import workdir as workdir_lib
 from jaxresnet.data import dataset as dataset_lib
+from jaxresnet.data import transforms
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Fails on a bad value before anything is read or written, naming the field and the fix."""
   choices = {"model": models.MODELS, "dtype": models.DTYPES, "optimizer": optimizers.OPTIMIZERS,
              "lr_schedule": optimizers.SCHEDULES, "freeze": models.FREEZE,
-             "batchnorm": models.BATCHNORM}  # fmt: skip
+             "batchnorm": models.BATCHNORM, "transforms": transforms.PRESETS}  # fmt: skip
   for field, allowed in choices.items():
     if config[field] not in allowed:
       raise errors.UserError(
@@ -58,6 +59,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise errors.UserError(
       f"config.backbone_lr_multiplier must be >= 0, got {config.backbone_lr_multiplier}."
     )
+  transforms.from_config(config)  # Checks the crop ranges, eval_resize, source_image_size.
   pretrained.resolve(config.init_from)  # A missing init_from directory fails here.
 
 
@@ -71,11 +73,11 @@ def check_num_classes(config: ml_collections.ConfigDict, info: dataset_lib.Datas
 
 def initial_variables(
   config: ml_collections.ConfigDict, model: models.ResNet, num_classes: int, rng: jax.Array
-) -> tuple[pretrained.Variables, dict[str, int]]:
+) -> tuple[pretrained.Variables, dict[str, Any]]:
   """Converted weights (converting torchvision's first if needed), else a scratch init.
 
   Returns:
-    The variables, and torch's BatchNorm counters (`num_batches_tracked`) of the weights.
+    The variables, and the converter's metadata of the weights ({} from scratch).
   """
   if not config.init_from:
     return models.init_variables(model, rng), {}
@@ -90,7 +92,7 @@ def initial_variables(
       f"--num-classes {num_classes}."
     )
   logging.info("Initialising from %s (%s)", directory, metadata["source"])
-  return pretrained.load_variables(directory), metadata.get("num_batches_tracked", {})
+  return pretrained.load_variables(directory), metadata
 
 
 def create_state(
@@ -106,7 +108,9 @@ def create_state(
   """The workdir's newest intact checkpoint, else a fresh state, replicated over the mesh.
 
   Returns:
-    The state, and `model_info` completed with the BatchNorm counters of the starting weights.
+    The state, and `model_info` completed with the BatchNorm counters of the starting weights
+    and the shorter side evaluation resizes to (`transforms.eval_resize`, which may come from
+    the starting weights).
   """
   replicated = parallel.replicated(mesh)
   shapes = jax.eval_shape(
@@ -117,11 +121,14 @@ def create_state(
   if restored is not None:
     state, saved = restored
     logging.info("Resuming from %s, step %d", manager.directory, int(jax.device_get(state.step)))
-    counters = saved.get("num_batches_tracked", {})
+    weights = {"num_batches_tracked": saved.get("num_batches_tracked", {})}
+    resize = saved.get("eval_resize") or transforms.eval_resize(config)  # Older checkpoints.
   else:
-    variables, counters = initial_variables(config, model, model_info["num_classes"], rng)
+    variables, weights = initial_variables(config, model, model_info["num_classes"], rng)
     state = jax.device_put(steps.create_train_state(model, variables, tx), replicated)
-  return state, {**model_info, "num_batches_tracked": counters}
+    resize = transforms.eval_resize(config, weights)
+  return state, {**model_info, "num_batches_tracked": weights.get("num_batches_tracked", {}),
+                 "eval_resize": resize}  # fmt: skip
 
 
 def check_config_changes(
@@ -277,7 +284,9 @@ def train_and_evaluate(
 
     # Jitted steps over the mesh: training, and one evaluator per eval split.
     train_step = parallel.jit_train_step(config, mesh, class_weights)
-    evaluators = evaluation.create_evaluators(config, dataset, model, mesh)
+    evaluators = evaluation.create_evaluators(
+      config, dataset.with_eval_resize(model_info["eval_resize"]), model, mesh
+    )
 
     # Reporting.
     writer = metric_writers.create_writer(workdir, start_step)

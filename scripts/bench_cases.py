@@ -63,6 +63,7 @@ def jax_train_batches(config: ml_collections.ConfigDict, folder: pathlib.Path) -
   """jaxresnet's data set on the image folder: endless host batches of its train split."""
   config = config.copy_and_resolve_references()
   config.dataset = f"imagefolder:{folder}"
+  config.source_image_size = SOURCE_SIZE  # Squares: shipped as they are, resized on the device.
   return dataset_lib.create_dataset(config, [config.train_split]).train_batches()
 
 

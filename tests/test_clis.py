@@ -72,6 +72,7 @@ def test_converted_weights_predict_like_torchvision_before_training(
   assert computed["loss"] == pytest.approx(torch_loss, rel=1e-4)
 
 
+@pytest.mark.slow  # Three CLIs' compilations: heavy for the fast tier.
 def test_evaluate_predict_and_export_agree_with_training(mock_run, cifar_jpeg_subset, tmp_path):
   """evaluate reproduces the last epoch's test accuracy; the model exported to torchvision
   predicts what `predict` predicts, on real test images."""
@@ -93,7 +94,7 @@ def test_evaluate_predict_and_export_agree_with_training(mock_run, cifar_jpeg_su
   torch_model.load_state_dict(torch.load(exported, weights_only=True))
   counters = [v for k, v in torch_model.state_dict().items() if k.endswith("num_batches_tracked")]
   assert all(int(c) == steps for c in counters)  # A scratch run: 0 + one per step.
-  pixels = np.stack([decode.read_image(p, config.source_image_size) for p in images])
+  pixels = np.stack([np.asarray(decode.read_rgb(p)) for p in images])  # 32x32: as they are.
   inputs = np.asarray(preprocess.preprocess(jax.numpy.asarray(pixels), config))
   with torch.no_grad():
     logits = torch_model.eval()(torch.from_numpy(inputs).permute(0, 3, 1, 2)).numpy()

@@ -33,7 +33,9 @@ def _config(**overrides) -> ml_collections.ConfigDict:
 
 
 def _folder_config(root, **overrides) -> ml_collections.ConfigDict:
-  return _config(dataset=f"imagefolder:{root}", **overrides)
+  """A folder at image_size 32: the paper's Resize(32) + CenterCrop(32) leaves CIFAR's JPEGs
+  as they are, so their pixels can be compared with PIL's own."""
+  return _config(**{"dataset": f"imagefolder:{root}", "image_size": 32, **overrides})
 
 
 def _folder_dataset(root, splits=("train", "test"), **overrides) -> dataset.Dataset:
@@ -91,7 +93,7 @@ def test_cifar10_through_tfds(mock_cifar10):
   data, source = mock_cifar10(10, batch_size=4, eval_batch_size=4)
   info = data.info
   assert info.num_classes == 10  # The mock names its classes "0" .. "9".
-  assert info.image_shape == (32, 32, 3) and info.num_examples == {"train": 10, "test": 10}
+  assert info.num_examples == {"train": 10, "test": 10}
 
   batch = next(data.train_batches())
   assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == np.uint8
@@ -118,7 +120,9 @@ def test_cifar10_offline_fails_fast_saying_what_to_do(monkeypatch, tmp_path):
     dataset.create_dataset(config, ["train"])
   assert time.perf_counter() - start < 10
   message = str(error.value)
-  for needed in ("CIFAR-10", str(tmp_path), "no network", "download_and_prepare", "imagefolder:"):
+  host = "www.cs.toronto.edu unreachable (no network?)"  # CIFAR-10's URL info.
+  for needed in ("cifar10 is not prepared", str(tmp_path), host, "download_and_prepare",
+                 "imagefolder:"):  # fmt: skip
     assert needed in message
 
 
@@ -193,7 +197,6 @@ def test_image_folder_gives_pil_pixels_in_tfds_image_folder_order(cifar_jpeg_sub
   info = data.info
   assert info.class_names == CIFAR10_CLASSES
   assert info.num_examples == {"train": 300, "test": 100}
-  assert info.image_shape == (32, 32, 3)
   assert [b["mask"].sum() for b in data.eval_batches("test")] == [64, 36]
   images, labels = _eval_images(data, "test")
 
@@ -237,12 +240,39 @@ def _make_folder(root, files: dict[str, bytes | Image.Image]):
   return root
 
 
+def test_class_folders_form_one_pool_split_by_percentages_per_class(tmp_path):
+  """ROOT/<class>/ (no split folders), imbalanced 20 / 5 / 3: 'train[:80%]' and 'train[80%:]' are
+  disjoint, cover the pool, and hold each class in its share to within one image."""
+  rng = np.random.default_rng(0)
+  counts = {"common": 20, "rare": 5, "rarest": 3}
+  root = _make_folder(tmp_path / "pool", {
+    f"{name}/{i:02d}.png": Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8))
+    for name, n in counts.items() for i in range(n)
+  })  # fmt: skip
+  splits = ["train[:80%]", "train[80%:]", "train"]
+  data = _folder_dataset(root, splits, image_size=8, eval_batch_size=4)
+  assert data.info.class_names == tuple(counts)
+  train, test, everything = (data.info.class_counts[s] for s in splits)
+  assert everything == tuple(counts.values())
+  assert all(abs(t - 0.8 * n) <= 1 for t, n in zip(train, everything, strict=True)), train
+  assert np.add(train, test).tolist() == list(everything)
+  seen = [{image.tobytes() for image in _eval_images(data, spec)[0]} for spec in splits]
+  assert not seen[0] & seen[1] and seen[0] | seen[1] == seen[2] and len(seen[2]) == 28
+  again = _folder_dataset(root, splits[:1], image_size=8, eval_batch_size=4)
+  assert {i.tobytes() for i in _eval_images(again, splits[0])[0]} == seen[0]  # Fixed order.
+  with pytest.raises(
+    ValueError, match=r"'test' .* one pool, 'train': .*eval_split='train\[80%:\]'"
+  ):
+    _folder_dataset(root)  # The default splits, train and test.
+
+
 @pytest.fixture
 def jpeg(cifar_jpeg_subset) -> bytes:
   return (cifar_jpeg_subset / "test/cat/0000.jpg").read_bytes()
 
 
 def test_grayscale_rgba_other_sizes_and_types_become_rgb_at_source_size(tmp_path, jpeg):
+  """source_image_size=32 squashes every image to 32x32 on the host, as PIL's resize does."""
   rng = np.random.default_rng(0)
   gray = Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8), "L")
   rgba = Image.fromarray(rng.integers(0, 256, (32, 32, 4), dtype=np.uint8), "RGBA")
@@ -252,7 +282,7 @@ def test_grayscale_rgba_other_sizes_and_types_become_rgb_at_source_size(tmp_path
   root = _make_folder(
     tmp_path, {f"{split}/{name}": f for split in ("train", "test") for name, f in files.items()}
   )
-  images, _ = _eval_images(_folder_dataset(root, eval_batch_size=4), "test")
+  images, _ = _eval_images(_folder_dataset(root, eval_batch_size=4, source_image_size=32), "test")
   expected = []
   for name in files:
     image = Image.open(root / "test" / name).convert("RGB")
@@ -263,23 +293,28 @@ def test_grayscale_rgba_other_sizes_and_types_become_rgb_at_source_size(tmp_path
 
 
 def test_images_shrunk_below_the_model_input_are_warned_about(tmp_path, caplog):
-  """96x128 photos, source_image_size 32 (the default), image_size 64: the host would throw
-  away detail the model could use. At source_image_size 64 it does not, and says nothing."""
+  """96x128 photos, source_image_size 32, image_size 64: the host would throw away detail the
+  model could use. At source_image_size 64, or 0 (the default: each image's own size), it does
+  not, and says nothing; at image_size 448 the images would be blown up over 4x, which it says."""
   photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 128, 3), np.uint8))
   files = {f"{split}/{c}/{i}.png": photo for split in ("train", "test") for c in "ab"
            for i in range(3)}  # fmt: skip
   files["train/a/._0.png"] = b"not an image: a macOS resource fork, skipped"
   root = _make_folder(tmp_path, files)
-  with caplog.at_level(logging.WARNING, logger="absl"):
-    data = _folder_dataset(root, image_size=64)
-  assert data.info.num_examples["train"] == 6  # The hidden file is not an example.
-  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-  assert len(warnings) == 1 and "about 96 pixels on their shorter side" in warnings[0]
-  assert "Set --config.source_image_size=64." in warnings[0]
-  caplog.clear()
-  with caplog.at_level(logging.WARNING, logger="absl"):
-    _folder_dataset(root, image_size=64, source_image_size=64)
-  assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+  def warnings(**overrides) -> list[str]:
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="absl"):
+      data = _folder_dataset(root, **overrides)
+    assert data.info.num_examples["train"] == 6  # The hidden file is not an example.
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+  (shrunk,) = warnings(image_size=64, source_image_size=32)
+  assert "about 96 pixels on their shorter side" in shrunk
+  assert "Set --config.source_image_size=0 (each image's own size) or 64." in shrunk
+  assert not warnings(image_size=64, source_image_size=64) and not warnings(image_size=64)
+  (blown_up,) = warnings(image_size=448)
+  assert "about 96 pixels" in blown_up and "448x448 input blows them up over 4x" in blown_up
 
 
 @pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")  # torchvision 0.29
@@ -301,7 +336,9 @@ def test_sixteen_bit_grayscale_is_scaled_as_torchvision_scales_it(tmp_path):
   np.testing.assert_array_equal(expected[..., 0], values >> 8)
   for suffix in images:
     assert Image.open(tmp_path / f"gray.{suffix}").mode == images[suffix].mode
-    np.testing.assert_array_equal(decode.read_image(tmp_path / f"gray.{suffix}", 32), expected)
+    np.testing.assert_array_equal(
+      np.asarray(decode.read_rgb(tmp_path / f"gray.{suffix}")), expected
+    )
   assert (np.asarray(Image.open(tmp_path / "gray.png").convert("L")) == 255).mean() > 0.99
 
 
@@ -336,7 +373,7 @@ def test_folder_errors(tmp_path, jpeg):
   root = _make_folder(
     tmp_path / "no_test", {k: v for k, v in good.items() if k.startswith("train")}
   )
-  with pytest.raises(ValueError, match=r"Cannot read split 'test' .* \['train'\]"):
+  with pytest.raises(ValueError, match=r"Cannot read split 'test' .* splits \['train'\]"):
     _folder_dataset(root)
 
   with pytest.raises(ValueError, match=r"Split 'train\[:0\]' of imagefolder:.* is empty"):

@@ -51,6 +51,7 @@ def few_images(cifar_jpeg_subset, tmp_path):
   return tmp_path
 
 
+@pytest.mark.slow  # evaluate's compilation besides predict's: heavy for the fast tier.
 def test_predict_csv_gives_evaluates_confusion_matrix(mock_run, predictor, digit_folder, tmp_path):
   workdir, *_ = mock_run
   paths = decode.find_images([digit_folder / "test"])
@@ -121,7 +122,7 @@ def test_flip_tta_is_the_mean_of_the_image_and_its_mirror(mock_run, predictor, f
   mirrored = []
   for path in paths:  # Lossless mirror images of the decoded pixels.
     mirrored.append(path.with_name(f"{path.stem}_mirrored.png"))
-    Image.fromarray(decode.read_image(path, 32)[:, ::-1]).save(mirrored[-1])
+    Image.fromarray(np.asarray(decode.read_rgb(path))[:, ::-1]).save(mirrored[-1])
   plain, flipped = (
     np.concatenate([p for _, p in predictor(ps, BATCH)]) for ps in (paths, mirrored)
   )

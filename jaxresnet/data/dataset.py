@@ -11,9 +11,10 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import ml_collections
 import numpy as np
+from PIL import Image
 
 from jaxresnet import errors
-from jaxresnet.data import batching, sources
+from jaxresnet.data import batching, decode, sources, tfds_sources, transforms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +24,6 @@ class DatasetInfo:
   class_names: tuple[str, ...]
   num_examples: Mapping[str, int]  # Per split string.
   class_counts: Mapping[str, tuple[int, ...]]  # Per split string: examples of each class.
-  image_shape: tuple[int, int, int]  # Source height, width, 3.
 
   @property
   def num_classes(self) -> int:
@@ -34,9 +34,8 @@ class Dataset:
   """Serves the batches of the splits it was built with; see the module docstring."""
 
   def __init__(self, config: ml_collections.ConfigDict, splits: Mapping[str, sources.Split],
-               class_names: tuple[str, ...]):  # fmt: skip
-    self._config, self._splits = config, dict(splits)
-    first = next(iter(self._splits.values()))
+               class_names: tuple[str, ...], transform: transforms.HostTransform):  # fmt: skip
+    self._config, self._splits, self._transform = config, dict(splits), transform
     self.info = DatasetInfo(
       class_names=class_names,
       num_examples={spec: len(split.labels) for spec, split in self._splits.items()},
@@ -44,8 +43,12 @@ class Dataset:
         spec: tuple(np.bincount(split.labels, minlength=len(class_names)).tolist())
         for spec, split in self._splits.items()
       },
-      image_shape=first.image_shape,
     )
+
+  def with_eval_resize(self, resize: int) -> "Dataset":
+    """The same splits, evaluated at `resize` (the shorter side before the centre crop)."""
+    transform = dataclasses.replace(self._transform, resize=resize)
+    return Dataset(self._config, self._splits, self.info.class_names, transform)
 
   def train_batches(self, start_step: int = 0) -> Iterator[batching.Batch]:
     """Endless training batches of config.train_split for this process, from global `start_step`.
@@ -64,7 +67,7 @@ class Dataset:
     indices = batching.train_indices(
       len(split.labels), config.batch_size, config.seed, start_step, local
     )
-    return batching.load_batches(split, indices, config.prefetch_batches)
+    return batching.load_batches(split, indices, config.prefetch_batches, self._loader(split, True))
 
   def eval_batches(self, spec: str) -> Iterator[batching.Batch]:
     """One pass over split `spec` in global batches of config.eval_batch_size, in order.
@@ -75,7 +78,20 @@ class Dataset:
     split = self._split(spec)
     local = batching.process_slice(self._config.eval_batch_size, "eval_batch_size")
     indices = batching.eval_indices(len(split.labels), self._config.eval_batch_size, local)
-    return batching.load_batches(split, indices, self._config.prefetch_batches)
+    return batching.load_batches(
+      split, indices, self._config.prefetch_batches, self._loader(split, False)
+    )
+
+  def _loader(self, split: sources.Split, train: bool) -> batching.Loader | None:
+    """How each example becomes a batch's image: see `transforms.HostTransform`."""
+    transform = self._transform
+    if split.records is not None:
+      return lambda i, draw: transform(split.records.rgb(i), draw)
+    if split.paths is not None:
+      return lambda i, draw: transform(decode.read_rgb(split.paths[i]), draw)
+    if transform.ships_as_is(split.images.shape[1:], train):
+      return None
+    return lambda i, draw: transform(Image.fromarray(split.images[i]), draw)
 
   def _split(self, spec: str) -> sources.Split:
     if spec not in self._splits:
@@ -83,17 +99,36 @@ class Dataset:
     return self._splits[spec]
 
 
+def create_source(config: ml_collections.ConfigDict) -> sources.Source:
+  """The source `config.dataset` names: "cifar10", "tfds:NAME" or "imagefolder:PATH"."""
+  if config.dataset == "cifar10":
+    return tfds_sources.TfdsCifar10(config.data_dir)
+  if config.dataset.startswith(tfds_sources.TFDS):
+    name = config.dataset.removeprefix(tfds_sources.TFDS)
+    return tfds_sources.TfdsSource(name, config.data_dir, config.label_key)
+  if config.dataset.startswith(sources.IMAGEFOLDER):
+    folder = sources.ImageFolder(config.dataset.removeprefix(sources.IMAGEFOLDER))
+    folder.warn_about_sizes(config.source_image_size, config.image_size)
+    return folder
+  raise errors.UserError(
+    f"config.dataset = {config.dataset!r} is unknown: use 'cifar10', 'tfds:NAME' (any TFDS "
+    "image-classification data set, e.g. tfds:cifar100) or 'imagefolder:PATH' "
+    "(PATH/train/<class>/*.jpg, PATH/test/<class>/*.jpg)."
+  )
+
+
 def create_dataset(config: ml_collections.ConfigDict, splits: Sequence[str]) -> Dataset:
   """Builds the source `config.dataset` names once and lists or loads each of `splits` once.
 
   Args:
-    config: reads dataset, data_dir, source_image_size, batch sizes, seed, prefetch_batches.
+    config: reads dataset, data_dir, the transforms' fields (`transforms.from_config`), batch
+      sizes, seed, prefetch_batches.
     splits: split strings in TFDS's syntax; empty strings (an unset val_split) are skipped.
   """
-  source = sources.create_source(config)
+  source = create_source(config)
   loaded = {}
   for spec in dict.fromkeys(s for s in splits if s):
     loaded[spec] = source.split(spec)
     if not len(loaded[spec].labels):
       raise errors.UserError(f"Split {spec!r} of {config.dataset} is empty: choose another split.")
-  return Dataset(config, loaded, source.class_names)
+  return Dataset(config, loaded, source.class_names, transforms.from_config(config))

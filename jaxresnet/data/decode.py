@@ -8,6 +8,7 @@ itself does to 16-bit RGB PNGs; PIL's `convert("RGB")` would clip every value ab
 
 import pathlib
 from collections.abc import Sequence
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -48,24 +49,21 @@ def find_images(paths: Sequence[str | pathlib.Path]) -> list[pathlib.Path]:
   return found
 
 
-def read_image(path: str | pathlib.Path, size: int) -> np.ndarray:
-  """uint8 [size, size, 3]: the file decoded by PIL and made RGB (see the module docstring).
-
-  Images of another size are resized by PIL itself (bilinear), so that they can be batched with
-  the others; those pixels are PIL's too.
+def read_rgb(file: str | pathlib.Path | BinaryIO, name: str = "") -> Image.Image:
+  """The image file (a path, or an open binary file called `name`) decoded by PIL and made RGB
+  (see the module docstring), fully loaded.
 
   Raises:
-    ValueError: naming the file, for a missing, unreadable or truncated image.
+    UserError: naming the file, for a missing, unreadable or truncated image.
   """
   try:
-    with Image.open(path) as image:
-      image = _to_rgb(image)
-      if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
-      return np.asarray(image)
+    with Image.open(file) as image:
+      rgb = _to_rgb(image)
+      rgb.load()
+      return rgb
   except (OSError, UnidentifiedImageError, ValueError) as error:
     raise errors.UserError(
-      f"Cannot read the image {path}: {error}. Replace or delete this file."
+      f"Cannot read the image {name or file}: {error}. Replace or delete this file."
     ) from error
 
 

@@ -1,36 +1,36 @@
-"""Where examples come from: TFDS CIFAR-10 and image folders, each split listed or loaded once.
+"""Where examples come from, as `Split`s; and image folders, scanned once.
 
-A source is built once per run (a folder is scanned once, a TFDS builder prepared once) and turns
+A source (an `ImageFolder` here; TFDS's in `tfds_sources.py`) is built once per run and turns
 split strings in TFDS's syntax (`train`, `train[:90%]`, `train[10:20]+test`) into `Split`s.
-TensorFlow is imported only when a TFDS split is read (TFDS itself imports it lazily), so image
-folders, and the modules that import this one, work without it.
+A folder is either `ROOT/<split>/<class>/<image>` or `ROOT/<class>/<image>`; the latter is one
+pool, split `train`, to slice by percentages (`train[:80%]`, `train[80%:]`), as TFDS's data
+sets with only a train split are. Folders need no TensorFlow (only TFDS's split parser).
 """
 
 import dataclasses
 import pathlib
 import random
-from typing import Protocol
+from typing import Any, Protocol
 
-import ml_collections
 import numpy as np
 from absl import logging
 from PIL import Image
 
-from jaxresnet import errors, network
+from jaxresnet import errors
 from jaxresnet.data import decode
 
 IMAGEFOLDER = "imagefolder:"
-_CIFAR10_HOST = ("www.cs.toronto.edu", 443)  # Where TFDS downloads CIFAR-10 from.
+POOL = "train"  # The one split of a ROOT/<class>/ folder, as TFDS data sets with one split.
 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """The examples of one split string, by index: decoded in memory, or as files to decode."""
+  """The examples of one split string, by index: decoded in memory, files, or encoded records."""
 
   labels: np.ndarray  # int32 [N].
-  image_shape: tuple[int, int, int]  # Height, width, 3 of every image the split serves.
-  images: np.ndarray | None = None  # uint8 [N, H, W, 3] (TFDS).
+  images: np.ndarray | None = None  # uint8 [N, H, W, 3] (TFDS CIFAR-10).
   paths: np.ndarray | None = None  # str [N] (image folders).
+  records: Any = None  # With .rgb(index) -> PIL image (tfds:NAME, `tfds_sources.EncodedImages`).
 
 
 class Source(Protocol):
@@ -39,74 +39,20 @@ class Source(Protocol):
   def split(self, spec: str) -> Split: ...
 
 
-def create_source(config: ml_collections.ConfigDict) -> Source:
-  """The source `config.dataset` names: "cifar10" (TFDS) or "imagefolder:PATH"."""
-  if config.dataset == "cifar10":
-    return TfdsCifar10(config.data_dir)
-  if config.dataset.startswith(IMAGEFOLDER):
-    folder = ImageFolder(config.dataset.removeprefix(IMAGEFOLDER), config.source_image_size)
-    folder.warn_if_shrunk(config.image_size)
-    return folder
-  raise errors.UserError(
-    f"config.dataset = {config.dataset!r} is unknown: use 'cifar10' or 'imagefolder:PATH' "
-    "(PATH/train/<class>/*.jpg, PATH/test/<class>/*.jpg)."
-  )
-
-
-class TfdsCifar10:
-  """CIFAR-10 through TFDS: downloaded and prepared once if needed, splits read into memory."""
-
-  def __init__(self, data_dir: str):
-    self._builder = _prepared_cifar10(data_dir)
-    self.class_names = tuple(self._builder.info.features["label"].names)
-
-  def split(self, spec: str) -> Split:
-    # batch_size=-1 would read it in one go, but aborts under tfds.testing.mock_data.
-    dataset = self._builder.as_dataset(split=spec, shuffle_files=False).batch(4096)
-    batches = list(dataset.as_numpy_iterator())
-    images = np.concatenate([batch["image"] for batch in batches])
-    labels = np.concatenate([batch["label"] for batch in batches]).astype(np.int32)
-    return Split(labels=labels, image_shape=images.shape[1:], images=images)
-
-
-def _prepared_cifar10(data_dir: str):
-  """The CIFAR-10 builder, downloaded and prepared if it was not; offline, fails fast.
-
-  TFDS retries a failing download for minutes (about 205 s here); a quick probe of the download
-  host turns that into an immediate error that says what to do.
-  """
-  import tensorflow_datasets as tfds  # noqa: PLC0415  (TFDS users only)
-
-  builder = tfds.builder("cifar10", data_dir=data_dir or None)
-  if not builder.is_prepared():
-    if not network.can_reach(*_CIFAR10_HOST):
-      root = builder.data_path.parent.parent
-      raise errors.NoNetwork(
-        f"CIFAR-10 is not prepared in {builder.data_path} and cannot be downloaded: "
-        f"{_CIFAR10_HOST[0]} is unreachable (no network?). Either prepare it on a machine with a "
-        "network, python -c \"import tensorflow_datasets as tfds; tfds.builder('cifar10', "
-        f"data_dir='{root}').download_and_prepare()\", and copy {root}/cifar10 to this machine "
-        "(or pass --config.data_dir=WHERE_YOU_COPIED_IT), or train on image files with "
-        "--config.dataset=imagefolder:PATH (PATH/train/<class>/*.jpg, PATH/test/<class>/*.jpg)."
-      )
-    builder.download_and_prepare()
-  return builder
-
-
 class ImageFolder:
-  """`root/<split>/<class>/<image>` files, scanned once; images are decoded when batched."""
+  """`ROOT/<split>/<class>/<image>` or `ROOT/<class>/<image>` files, scanned once; images are
+  decoded when batched."""
 
-  def __init__(self, root: str, image_size: int):
-    self._root, self._image_size = root, image_size
+  def __init__(self, root: str):
+    self._root = root
     self.class_names, self._examples = _scan_folder(root)
 
-  def warn_if_shrunk(self, model_size: int, samples: int = 32) -> None:
-    """Warns when the images are resized on the host below both their size and the model's.
+  def warn_about_sizes(self, source_size: int, model_size: int, samples: int = 32) -> None:
+    """Warns when the images lose detail on the host, or are mostly blown up over 4x.
 
-    `source_image_size` is what the host resizes every image to before batching; the device then
-    resizes that to `image_size`. Photos larger than the model input would silently lose detail
-    to a small `source_image_size` (32 by default, CIFAR-10's size). Reads only the headers of
-    `samples` files spread over the folder.
+    An explicit `source_size` (config.source_image_size) squashes every image to that square on
+    the host; photos larger than the model input would silently lose detail to a small one.
+    Reads only the headers of `samples` files spread over the folder.
     """
     files = [path for examples in self._examples.values() for path, _ in examples]
     shorter = []
@@ -116,13 +62,22 @@ class ImageFolder:
           shorter.append(min(image.size))
       except (OSError, ValueError):  # Named when it is decoded, with the fix.
         continue
-    typical = int(np.median(shorter)) if shorter else 0
-    if min(typical, model_size) > self._image_size:
+    if not shorter:
+      return
+    typical = int(np.median(shorter))
+    if source_size and min(typical, model_size) > source_size:
       logging.warning(
         "The images of %s are about %d pixels on their shorter side (median of %d), but the host "
         "resizes each to %dx%d (config.source_image_size) before the model sees %dx%d: detail is "
-        "lost. Set --config.source_image_size=%d.", self._root, typical, len(shorter),
-        self._image_size, self._image_size, model_size, model_size, min(typical, model_size),
+        "lost. Set --config.source_image_size=0 (each image's own size) or %d.", self._root,
+        typical, len(shorter), source_size, source_size, model_size, model_size,
+        min(typical, model_size),
+      )  # fmt: skip
+    if 4 * typical < model_size:
+      logging.warning(
+        "The images of %s are about %d pixels on their shorter side (median of %d): the model's "
+        "%dx%d input blows them up over 4x. A smaller --config.image_size trains faster on as "
+        "much detail.", self._root, typical, len(shorter), model_size, model_size,
       )  # fmt: skip
 
   def split(self, spec: str) -> Split:
@@ -135,42 +90,57 @@ class ImageFolder:
     }
     try:
       instructions = tfds.core.ReadInstruction.from_spec(spec).to_absolute(infos)
-    except ValueError as error:
+    except (ValueError, NotImplementedError) as error:  # TFDS raises both for bad specs.
+      if list(self._examples) == [POOL]:
+        fix = (
+          f"Its ROOT/<class>/ images form one pool, {POOL!r}: split it by percentages, e.g. "
+          f"--config.train_split='{POOL}[:80%]' --config.eval_split='{POOL}[80%:]'."
+        )
+      else:
+        fix = (
+          f"Add {self._root}/<split>/<class>/ folders or change --config.train_split, "
+          "--config.eval_split or --config.val_split."
+        )
       raise errors.UserError(
-        f"Cannot read split {spec!r} of the image folder {self._root}, which has the split "
-        f"folders {sorted(self._examples)}: {error} Add {self._root}/<split>/<class>/ folders or "
-        "change --config.train_split, --config.eval_split or --config.val_split."
+        f"Cannot read split {spec!r} of the image folder {self._root}, which has the splits "
+        f"{sorted(self._examples)}: {error} {fix}"
       ) from error
     selected = [ex for i in instructions for ex in self._examples[i.splitname][i.from_ : i.to]]
     return Split(
       labels=np.array([label for _, label in selected], np.int32),
-      image_shape=(self._image_size, self._image_size, 3),
       paths=np.array([path for path, _ in selected], dtype=object),
     )
 
 
-def _scan_folder(root: str) -> tuple[tuple[str, ...], dict[str, list[tuple[str, int]]]]:
-  """Lists `root/<split>/<class>/<image>` as (class names, {split: [(path, label)]}).
+Examples = list[tuple[str, int]]  # (path, label)
 
-  Follows tfds.folder_dataset.ImageFolder, down to its order (sorted classes and files, then each
-  split shuffled by `random.Random(split)`, so a slice such as 'train[90%:]' mixes the classes),
-  but reads more image types (decode.IMAGE_SUFFIXES), and refuses splits whose class folders
-  differ, and empty class folders.
+
+def _scan_folder(root: str) -> tuple[tuple[str, ...], dict[str, Examples]]:
+  """Lists an image folder as (class names, {split: [(path, label)]}).
+
+  `ROOT/<split>/<class>/<image>` follows tfds.folder_dataset.ImageFolder, down to its order
+  (sorted classes and files, then each split shuffled by `random.Random(split)`, so a slice such
+  as 'train[90%:]' mixes the classes), but reads more image types (decode.IMAGE_SUFFIXES), and
+  refuses splits whose class folders differ, and empty class folders. `ROOT/<class>/<image>` is
+  one split, POOL, in a stratified order (`_stratified`).
   """
   root_dir = pathlib.Path(root).expanduser()
   if not root_dir.is_dir():
     raise errors.UserError(
       f"The image folder {root} does not exist: --config.dataset=imagefolder:PATH needs "
-      "PATH/train/<class>/*.jpg and PATH/test/<class>/*.jpg."
+      "PATH/<split>/<class>/*.jpg (e.g. PATH/train/, PATH/test/) or PATH/<class>/*.jpg."
     )
-  classes = {
-    split_dir.name: sorted(d.name for d in split_dir.iterdir() if _is_visible_dir(d))
-    for split_dir in sorted(root_dir.iterdir())
-    if _is_visible_dir(split_dir)
-  }
+  subdirs = sorted(d for d in root_dir.iterdir() if _is_visible_dir(d))
+  if subdirs and any(decode.is_image_file_name(p) for p in subdirs[0].iterdir()):
+    class_names = tuple(d.name for d in subdirs)
+    return class_names, {POOL: _stratified(_class_files(root_dir, class_names), class_names)}
+  classes = {d.name: sorted(c.name for c in d.iterdir() if _is_visible_dir(c)) for d in subdirs}
   class_names = tuple(sorted(set().union(*classes.values())))
   if not class_names:
-    raise errors.UserError(f"The image folder {root} has no <split>/<class>/ folders: add them.")
+    raise errors.UserError(
+      f"The image folder {root} has neither <split>/<class>/ nor <class>/ folders of images: add "
+      "them."
+    )
   for split, names in classes.items():
     if tuple(names) != class_names:
       raise errors.UserError(
@@ -179,19 +149,39 @@ def _scan_folder(root: str) -> tuple[tuple[str, ...], dict[str, list[tuple[str, 
       )
   examples = {}
   for split in classes:
-    split_examples = []
-    for label, name in enumerate(class_names):
-      class_dir = root_dir / split / name
-      files = sorted(str(p) for p in class_dir.iterdir() if decode.is_image_file_name(p))
-      if not files:
-        raise errors.UserError(
-          f"The class folder {class_dir} holds no {'/'.join(decode.IMAGE_SUFFIXES)} images: add "
-          "some, or remove this class from every split."
-        )
-      split_examples += [(path, label) for path in files]
-    random.Random(split).shuffle(split_examples)
-    examples[split] = split_examples
+    examples[split] = [ex for files in _class_files(root_dir / split, class_names) for ex in files]
+    random.Random(split).shuffle(examples[split])
   return class_names, examples
+
+
+def _class_files(directory: pathlib.Path, class_names: tuple[str, ...]) -> list[Examples]:
+  """Per class, the sorted [(path, label)] of directory/<class>/; refuses an empty class."""
+  per_class = []
+  for label, name in enumerate(class_names):
+    class_dir = directory / name
+    files = sorted(str(p) for p in class_dir.iterdir() if decode.is_image_file_name(p))
+    if not files:
+      raise errors.UserError(
+        f"The class folder {class_dir} holds no {'/'.join(decode.IMAGE_SUFFIXES)} images: add "
+        "some, or remove this class from every split."
+      )
+    per_class.append([(path, label) for path in files])
+  return per_class
+
+
+def _stratified(per_class: list[Examples], class_names: tuple[str, ...]) -> Examples:
+  """One pool in which every slice holds each class in its share, to within one image.
+
+  Each class is shuffled (seeded by its name, so the order is fixed from run to run), its k-th of
+  n images placed at (k + 0.5) / n, and the pool sorted by place: 'train[:80%]' then takes 80% of
+  every class, the rare ones of an imbalanced folder included, and 'train[80%:]' the rest.
+  """
+  placed = []
+  for label, (files, name) in enumerate(zip(per_class, class_names, strict=True)):
+    files = list(files)
+    random.Random(name).shuffle(files)
+    placed += [((k + 0.5) / len(files), label, ex) for k, ex in enumerate(files)]
+  return [ex for _, _, ex in sorted(placed, key=lambda p: p[:2])]
 
 
 def _is_visible_dir(path: pathlib.Path) -> bool:
