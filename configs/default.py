@@ -29,6 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 128  # Global, over all devices and processes.
   config.eval_batch_size = 256
   config.prefetch_batches = 2
+  # Image folders decoded once into this folder (jaxresnet/data/cache.py); "" decodes each epoch.
+  config.cache_dir = ""
 
   # Transforms (jaxresnet/data/transforms.py). "paper": Resize(image_size) + CenterCrop, random
   # horizontal and vertical flips; "imagenet": RandomResizedCrop(image_size, crop_scale,

@@ -42,7 +42,7 @@ def evaluate_checkpoint(
   if dataset:
     config.dataset = dataset
   resize = info.get("eval_resize") or transforms.eval_resize(config)  # Older checkpoints.
-  data = dataset_lib.create_dataset(config, [split]).with_eval_resize(resize)
+  data = dataset_lib.create_dataset(config, [split]).prepared(resize)
   check_class_names(tuple(info["class_names"]), data.info.class_names, config.dataset)
   model = models.create_model(info["model"], info["num_classes"], config.dtype)
   mesh = parallel.create_mesh()

@@ -281,12 +281,11 @@ def train_and_evaluate(
                                      mesh, init_rng)  # fmt: skip
     start_step = int(jax.device_get(state.step))
     changes = check_config_changes(config, workdir, allow_config_change)  # After the model's.
+    dataset = dataset.prepared(model_info["eval_resize"])  # Image caches built before step 1.
 
     # Jitted steps over the mesh: training, and one evaluator per eval split.
     train_step = parallel.jit_train_step(config, mesh, class_weights)
-    evaluators = evaluation.create_evaluators(
-      config, dataset.with_eval_resize(model_info["eval_resize"]), model, mesh
-    )
+    evaluators = evaluation.create_evaluators(config, dataset, model, mesh)
 
     # Reporting.
     writer = metric_writers.create_writer(workdir, start_step)

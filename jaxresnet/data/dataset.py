@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from jaxresnet import errors
-from jaxresnet.data import batching, decode, sources, tfds_sources, transforms
+from jaxresnet.data import batching, cache, decode, sources, tfds_sources, transforms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,10 +45,25 @@ class Dataset:
       },
     )
 
-  def with_eval_resize(self, resize: int) -> "Dataset":
-    """The same splits, evaluated at `resize` (the shorter side before the centre crop)."""
-    transform = dataclasses.replace(self._transform, resize=resize)
-    return Dataset(self._config, self._splits, self.info.class_names, transform)
+  def prepared(self, eval_resize: int) -> "Dataset":
+    """The same splits, evaluated at `eval_resize` (the shorter side before the centre crop,
+    once the starting weights have had their say), and, with config.cache_dir, each image
+    folder split decoded once into its cache (`cache.py`), which its batches then read."""
+    transform = dataclasses.replace(self._transform, resize=eval_resize)
+    splits = self._splits
+    if self._config.cache_dir:
+      if self._config.source_image_size:
+        raise errors.UserError(
+          f"config.cache_dir works with each image's own size only: set "
+          f"--config.source_image_size=0 (it is {self._config.source_image_size}), or "
+          "--config.cache_dir='' (no cache)."
+        )
+      splits = {
+        spec: split if split.paths is None else dataclasses.replace(
+          split, records=cache.cached_images(split.paths, transform, self._config.cache_dir))
+        for spec, split in splits.items()
+      }  # fmt: skip
+    return Dataset(self._config, splits, self.info.class_names, transform)
 
   def train_batches(self, start_step: int = 0) -> Iterator[batching.Batch]:
     """Endless training batches of config.train_split for this process, from global `start_step`.
