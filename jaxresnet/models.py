@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxresnet import conv
+
 Dtype = Any
 ModuleDef = Callable[..., nn.Module]
 
@@ -40,12 +42,8 @@ class Conv(nn.Module):
 
   `groups` splits the channels as torch's `groups` (ResNeXt's 3x3): the kernel is
   (kh, kw, in / groups, features), and output channel o sees input group o // (features / groups).
-
-  Where the input is smaller than the kernel (layer3/4 at 32x32), XLA:CPU swaps the convolution's
-  operands into a form its fast kernels refuse and runs a naive loop: 73% of a 32x32 training
-  step. There the same convolution is computed as one matmul over the kernel's shifted windows
-  (im2col), batched over the groups, 3.6x faster on the CPU, equal up to summation order
-  (docs/performance.md).
+  The arithmetic is `jaxresnet/conv.py`'s, in the forms XLA:CPU runs fastest: a matmul over
+  windows where the input is smaller than the kernel, and a matmul weight gradient elsewhere.
   """
 
   features: int
@@ -60,38 +58,12 @@ class Conv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kh, kw = self.kernel_size
-    g = self.groups
-    shape = (kh, kw, x.shape[-1] // g, self.features)
+    shape = (kh, kw, x.shape[-1] // self.groups, self.features)
     kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    pad = ((0, 0), (self.padding, self.padding), (self.padding, self.padding), (0, 0))
-    if x.shape[1] >= kh and x.shape[2] >= kw:
-      return jax.lax.conv_general_dilated(
-        x,
-        kernel,
-        (self.strides,) * 2,
-        pad[1:3],
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=g,
-      )
-    x = jnp.pad(x, pad)
-    x = jnp.moveaxis(x.reshape(*x.shape[:3], g, -1), 3, 0)  # (group, n, h, w, channel).
-    s = self.strides
-    n, out_h, out_w = x.shape[1], (x.shape[2] - kh) // s + 1, (x.shape[3] - kw) // s + 1
-    windows = jnp.stack(
-      [
-        x[:, :, i : i + s * (out_h - 1) + 1 : s, j : j + s * (out_w - 1) + 1 : s]
-        for i in range(kh)
-        for j in range(kw)
-      ],
-      axis=-2,
-    )  # (group, n, h, w, window, channel): (window, channel) flatten as the kernel's HWI does.
-    windows = windows.reshape(g, n * out_h * out_w, -1)
-    kernel = jnp.moveaxis(kernel.reshape(-1, g, self.features // g), 1, 0)  # Group-major outputs.
-    # Groups lead, so groups=1 is one plain matmul: an einsum with the groups in the middle
-    # made XLA:CPU transpose both operands (a 15% slower 32x32 ResNet-18 step).
-    y = (windows @ kernel).reshape(g, n, out_h, out_w, -1)
-    return jnp.moveaxis(y, 0, -2).reshape(n, out_h, out_w, self.features)
+    small = x.shape[1] < kh or x.shape[2] < kw
+    compute = conv.small_input if small else conv.convolution
+    return compute(x, kernel, self.strides, self.padding, self.groups)
 
 
 class BatchNorm(nn.Module):

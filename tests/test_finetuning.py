@@ -1,8 +1,8 @@
 """The fine-tuning controls: `freeze`, `batchnorm`, `backbone_lr_multiplier`, and weight decay
 without BatchNorm and biases (README, "Fine-tuning").
 
-- Frozen parts get no backward pass: the compiled step holds no gradient convolution for them
-  (counted in its StableHLO), not just zeroed updates.
+- Frozen parts get no backward pass: the compiled step holds no gradient convolution or
+  weight-gradient matmul for them (counted in its StableHLO), not just zeroed updates.
 - Frozen parameters and BatchNorm statistics are bit-identical after training steps; the rest
   moves.
 - The param groups equal torch.optim's param groups in float64 (<= 1e-10 relative per tensor),
@@ -39,24 +39,29 @@ def train_state(config: ml_collections.ConfigDict, arch: str = ARCH, dtype=jnp.f
 
 
 @pytest.mark.parametrize(
-  "freeze, convolutions",
+  "freeze, convolutions, matmuls",
   [
-    # ResNet-18 has 20 convolutions. Training all: 20 forward, 20 weight gradients, and 19 input
-    # gradients (not the image's).
-    ("none", 59),
-    # Through layer2: the 10 of layer3 and layer4 get weight gradients, and 8 input gradients
-    # (not those reading layer2's output, layer3.0.conv1 and layer3.0.downsample.0).
-    ("layer2", 38),
-    ("head_only", 20),  # A linear probe: the forward pass only.
+    # ResNet-18 has 20 convolutions; on the CPU their weight gradients are matmuls (conv.py), as
+    # are the head's forward, input and weight gradients. Training all: 20 forward and 19 input
+    # gradient convolutions (not the image's); 20 weight-gradient matmuls and the head's 3.
+    ("none", 39, 23),
+    # Through layer2: 8 input gradients (not those reading layer2's output, layer3.0.conv1 and
+    # layer3.0.downsample.0); weight gradients for the 10 of layer3 and layer4.
+    ("layer2", 28, 13),
+    # A linear probe: the forward pass only, and the head's forward and weight gradient.
+    ("head_only", 20, 2),
   ],
 )
-def test_frozen_parts_get_no_backward_pass(freeze, convolutions):
+def test_frozen_parts_get_no_backward_pass(freeze, convolutions, matmuls):
   config = finetune_config(freeze=freeze)
   state = jax.eval_shape(lambda: train_state(config))
-  images = jax.ShapeDtypeStruct((2, 128, 128, 3), jnp.float32)  # Every 3x3 as a convolution.
+  # Every 3x3 as a convolution (no small-input path), and every weight gradient a matmul (layer4
+  # at 14x14, conv.py's threshold). Lowered only: nothing runs.
+  images = jax.ShapeDtypeStruct((2, 448, 448, 3), jnp.float32)
   labels = jax.ShapeDtypeStruct((2,), jnp.int32)
   hlo = jax.jit(steps.update).lower(state, images, labels).as_text()
   assert hlo.count("stablehlo.convolution") == convolutions
+  assert hlo.count("stablehlo.dot_general") == matmuls
 
 
 def changed(before, after) -> dict[str, bool]:

@@ -7,7 +7,6 @@ accumulated over 20-50 layers, stays well under 1e-4 of the largest activation.
 """
 
 import copy
-import functools
 import time
 
 import jax
@@ -155,22 +154,27 @@ def test_small_inputs_are_exact_in_float64(arch, tmp_path):
   print(f"\n{arch} float64 at 32x32: eval {max(errors.values()):.1e}, train {train:.1e}")
 
 
-@pytest.mark.parametrize(("size", "uses_conv"), [(6, True), (2, False)])
+@pytest.mark.parametrize(
+  "size, form",
+  [(28, "matmul weight gradient"), (6, "convolution"), (2, "small input")],
+)
 @pytest.mark.parametrize("strides", [1, 2])
-def test_grouped_conv_equals_torch_conv2d_in_float64(size, uses_conv, strides):
-  """models.Conv with groups on both of its paths against torch's conv2d(groups=4): a 3x3 on a
-  6x6 input is a lax convolution, on a 2x2 input a matmul over windows batched over groups."""
+def test_grouped_conv_equals_torch_conv2d_in_float64(size, form, strides):
+  """models.Conv with groups in each of its forms (conv.py), output and both gradients, against
+  torch's conv2d(groups=4) and its autograd: a 3x3 on a 28x28 input is a lax convolution whose
+  weight gradient (on the CPU, from 14x14 outputs) is a matmul over windows; on 6x6 a lax
+  convolution throughout; on 2x2 a matmul over windows batched over groups."""
   groups, in_features, features = 4, 8, 12
   rng = np.random.default_rng(0)
   images = rng.standard_normal((2, size, size, in_features))
   weight = rng.standard_normal((features, in_features // groups, 3, 3))  # torch's OIHW.
+  torch_images = torch.from_numpy(images).permute(0, 3, 1, 2).requires_grad_()
+  torch_weight = torch.from_numpy(weight).requires_grad_()
   expected = torch.nn.functional.conv2d(
-    torch.from_numpy(images).permute(0, 3, 1, 2),
-    torch.from_numpy(weight),
-    stride=strides,
-    padding=1,
-    groups=groups,
+    torch_images, torch_weight, stride=strides, padding=1, groups=groups
   )
+  cotangent = rng.standard_normal(expected.shape)  # NCHW.
+  expected.backward(torch.from_numpy(cotangent))
   with jax.enable_x64(True):
     conv = models.Conv(
       features,
@@ -184,10 +188,20 @@ def test_grouped_conv_equals_torch_conv2d_in_float64(size, uses_conv, strides):
     shape = jax.eval_shape(conv.init, jax.random.key(0), images)["params"]["kernel"].shape
     kernel = layout.to_flax(("params", "conv", "kernel"), weight)
     assert shape == kernel.shape == (3, 3, in_features // groups, features)
-    apply = functools.partial(conv.apply, {"params": {"kernel": kernel}})
-    assert ("conv_general_dilated" in str(jax.make_jaxpr(apply)(images))) == uses_conv
-    actual = apply(images)
-  assert torch_utils.relative_error(actual, expected.permute(0, 2, 3, 1).numpy()) <= 1e-14
+
+    def apply(kernel, images):
+      return conv.apply({"params": {"kernel": kernel}}, images)
+
+    jaxpr = str(jax.make_jaxpr(apply)(kernel, images))
+    assert ("conv_general_dilated" in jaxpr) == (form != "small input")
+    assert ("custom_vjp_call" in jaxpr) == (form == "matmul weight gradient")
+    actual, vjp = jax.vjp(apply, kernel, images)
+    d_kernel, d_images = vjp(np.transpose(cotangent, (0, 2, 3, 1)))
+  assert torch_utils.relative_error(actual, expected.detach().permute(0, 2, 3, 1).numpy()) <= 1e-14
+  grads = {"weight": (layout.to_torch(("params", "conv", "kernel"), d_kernel), torch_weight.grad),
+           "input": (np.transpose(d_images, (0, 3, 1, 2)), torch_images.grad)}  # fmt: skip
+  for name, (ours, theirs) in grads.items():
+    assert torch_utils.relative_error(ours, theirs.numpy()) <= 1e-13, name
 
 
 @pytest.mark.slow  # The fast tier checks every stage's shape at 32x32 (small inputs).
