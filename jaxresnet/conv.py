@@ -9,7 +9,8 @@ differ by summation order only (float64 parity <= 1e-10 in tests/).
 - `convolution`: XLA's own convolution forward and input gradient; on the CPU its weight
   gradient is an im2col matmul (`_weight_gradient`) instead of XLA's weight-gradient
   convolution, whose operand and result transposes kept only one of two cores busy: the 224x224
-  batch-16 training step runs 18% faster. Other backends (cuDNN) keep XLA's throughout.
+  batch-16 training step runs 18% faster, for 2.3x XLA's temporary memory (1.3 GiB at batch
+  16). Other backends (cuDNN) keep XLA's throughout.
 """
 
 import functools
