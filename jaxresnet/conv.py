@@ -7,10 +7,10 @@ differ by summation order only (float64 parity <= 1e-10 in tests/).
   32x32 training step). There the convolution is one matmul over the kernel's shifted windows
   (im2col), batched over the groups: 3.6x faster.
 - `convolution`: XLA's own convolution forward and input gradient; on the CPU its weight
-  gradient is an im2col matmul (`_weight_gradient`) instead of XLA's weight-gradient
-  convolution, whose operand and result transposes kept only one of two cores busy: the 224x224
-  batch-16 training step runs 18% faster, for 2.3x XLA's temporary memory (1.3 GiB at batch
-  16). Other backends (cuDNN) keep XLA's throughout.
+  gradient is an im2col matmul (`_weight_gradient`) for outputs of at least 28x28, instead of
+  XLA's weight-gradient convolution, whose operand and result transposes kept only one of two
+  cores busy: the 224x224 batch-16 training step runs 16-18% faster, for about 2.1x XLA's
+  temporary memory (1.2 GiB at batch 16). Other backends (cuDNN) keep XLA's throughout.
 """
 
 import functools
@@ -59,10 +59,10 @@ def _xla(x: jax.Array, kernel: jax.Array, stride: int, padding: int, groups: int
   )  # fmt: skip
 
 
-# Output pixels per image from which the matmul weight gradient beats XLA's on the CPU: measured
-# per layer at 224 (ahead from 56x56 to 14x14, even at 7x7), and over the whole 32x32 step, whose
-# 8x8 and 4x4 layers ran 11% slower with it.
-_MATMUL_FROM = 14 * 14
+# Output pixels per image from which the matmul weight gradient beats XLA's on the CPU, measured
+# per layer at 224: ahead from 112x112 to 28x28, behind at 14x14 (38 -> 52 ms), level at 7x7; a
+# 32x32 step with it on its 16x16 to 4x4 layers ran 11% slower.
+_MATMUL_FROM = 28 * 28
 
 
 def convolution(x: jax.Array, kernel: jax.Array, stride: int, padding: int, groups: int):

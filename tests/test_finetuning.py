@@ -56,8 +56,8 @@ def test_frozen_parts_get_no_backward_pass(freeze, convolutions, matmuls):
   config = finetune_config(freeze=freeze)
   state = jax.eval_shape(lambda: train_state(config))
   # Every 3x3 as a convolution (no small-input path), and every weight gradient a matmul (layer4
-  # at 14x14, conv.py's threshold). Lowered only: nothing runs.
-  images = jax.ShapeDtypeStruct((2, 448, 448, 3), jnp.float32)
+  # at 28x28, conv.py's threshold). Lowered only: nothing runs.
+  images = jax.ShapeDtypeStruct((2, 896, 896, 3), jnp.float32)
   labels = jax.ShapeDtypeStruct((2,), jnp.int32)
   hlo = jax.jit(steps.update).lower(state, images, labels).as_text()
   assert hlo.count("stablehlo.convolution") == convolutions

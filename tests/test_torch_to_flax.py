@@ -156,13 +156,13 @@ def test_small_inputs_are_exact_in_float64(arch, tmp_path):
 
 @pytest.mark.parametrize(
   "size, form",
-  [(28, "matmul weight gradient"), (6, "convolution"), (2, "small input")],
+  [(56, "matmul weight gradient"), (6, "convolution"), (2, "small input")],
 )
 @pytest.mark.parametrize("strides", [1, 2])
 def test_grouped_conv_equals_torch_conv2d_in_float64(size, form, strides):
   """models.Conv with groups in each of its forms (conv.py), output and both gradients, against
-  torch's conv2d(groups=4) and its autograd: a 3x3 on a 28x28 input is a lax convolution whose
-  weight gradient (on the CPU, from 14x14 outputs) is a matmul over windows; on 6x6 a lax
+  torch's conv2d(groups=4) and its autograd: a 3x3 on a 56x56 input is a lax convolution whose
+  weight gradient (on the CPU, from 28x28 outputs) is a matmul over windows; on 6x6 a lax
   convolution throughout; on 2x2 a matmul over windows batched over groups."""
   groups, in_features, features = 4, 8, 12
   rng = np.random.default_rng(0)
