@@ -147,15 +147,10 @@ def _in_order(pool: concurrent.futures.Executor, transform: transforms.HostTrans
 def _estimated_bytes(paths: Sequence[str], transform: transforms.HostTransform,
                      samples: int = 64) -> int:  # fmt: skip
   """The decoded size, from the headers of `samples` files spread over the list."""
-  sampled = paths[:: max(1, len(paths) // samples)][:samples]
-  side, areas = transform.resize, []
-  for path in sampled:
-    try:
-      with Image.open(path) as image:
-        width, height = image.size
-    except (OSError, ValueError):  # Named when the build decodes it.
-      continue
-    areas.append(side * side * max(width, height) / max(1, min(width, height)))
+  side = transform.resize
+  areas = [
+    side * side * max(size) / max(1, min(size)) for size in decode.sampled_sizes(paths, samples)
+  ]
   return int(3 * len(paths) * (np.mean(areas) if areas else side * side))
 
 

@@ -49,6 +49,19 @@ def find_images(paths: Sequence[str | pathlib.Path]) -> list[pathlib.Path]:
   return found
 
 
+def sampled_sizes(paths: Sequence[str | pathlib.Path], samples: int) -> list[tuple[int, int]]:
+  """(width, height) of `samples` files spread over `paths`, from their headers alone; files PIL
+  cannot open are left out (they are named, with the fix, when decoded)."""
+  sizes = []
+  for path in paths[:: max(1, len(paths) // samples)][:samples]:
+    try:
+      with Image.open(path) as image:
+        sizes.append(image.size)
+    except (OSError, ValueError):
+      continue
+  return sizes
+
+
 def read_rgb(file: str | pathlib.Path | BinaryIO, name: str = "") -> Image.Image:
   """The image file (a path, or an open binary file called `name`) decoded by PIL and made RGB
   (see the module docstring), fully loaded.

@@ -14,7 +14,6 @@ from typing import Any, Protocol
 
 import numpy as np
 from absl import logging
-from PIL import Image
 
 from jaxresnet import errors
 from jaxresnet.data import decode
@@ -55,13 +54,7 @@ class ImageFolder:
     Reads only the headers of `samples` files spread over the folder.
     """
     files = [path for examples in self._examples.values() for path, _ in examples]
-    shorter = []
-    for path in files[:: max(1, len(files) // samples)][:samples]:
-      try:
-        with Image.open(path) as image:
-          shorter.append(min(image.size))
-      except (OSError, ValueError):  # Named when it is decoded, with the fix.
-        continue
+    shorter = [min(size) for size in decode.sampled_sizes(files, samples)]
     if not shorter:
       return
     typical = int(np.median(shorter))
