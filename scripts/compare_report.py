@@ -121,7 +121,9 @@ def markdown(summary: dict, preset: dict, meta: dict, source: dict) -> str:
     f"Fine-tuning: {len(preset['classes'])} classes ({', '.join(preset['classes'])}), "
     f"{preset['train_per_class']} train and {preset['test_per_class']} test images each, "
     f"{preset['image_size']}x{preset['image_size']}, {preset['epochs']} epochs of batch "
-    f"{preset['batch_size']}.",
+    f"{preset['batch_size']}"
+    + "".join(f"; {r['name']}: {r['epochs']} epochs" for r in preset["recipes"] if r["epochs"])
+    + ".",
     "",
     f"Final test accuracy (%), mean ± std over seeds; difference jaxresnet − PyTorch with "
     f"Welch's CIs; equivalent when the 90% CI lies within ±{margin} points (TOST, α = 0.05).",

@@ -68,7 +68,7 @@ def torch_run(
 ) -> dict:
   """One torch_reference run; `seed` is its `torch.manual_seed` (head, order, flips)."""
   weights = str(body) if recipe.pretrained else ""
-  argv = reference_argv(preset, data, recipe.optimizer, weights, preset.epochs, seed)
+  argv = reference_argv(preset, data, recipe.optimizer, weights, preset.epochs_of(recipe), seed)
   history, wall = run_torch_reference(argv, run_dir)
   epochs = [
     {
@@ -103,7 +103,7 @@ def jaxresnet_config(
     image_size=preset.image_size,
     batch_size=preset.batch_size,
     eval_batch_size=preset.eval_batch_size,
-    num_epochs=preset.epochs,
+    num_epochs=preset.epochs_of(recipe),
     seed=seed,
     init_from=init_from,
     keep_checkpoints=1,

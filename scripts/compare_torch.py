@@ -1,6 +1,6 @@
 """Same recipe, same result? jaxresnet's fine-tuning measured against PyTorch's, seed for seed.
 
-    python -m scripts.compare_torch --preset cpu                 # 2 CPU cores, about 45 minutes
+    python -m scripts.compare_torch --preset cpu                 # 2 CPU cores, about 65 minutes
     python -m scripts.compare_torch --preset gpu                 # one GPU, about 5 minutes
     python -m scripts.compare_torch --preset paper               # ImageNet weights: network, GPU
     python -m scripts.compare_torch --preset cpu --set seeds=2 --set epochs=2 --recipes sgd
@@ -79,7 +79,7 @@ def run_all(
   body = torch.load(body_file, weights_only=True)
   runs = []
   for recipe in preset.recipes:
-    for seed in range(preset.seeds):
+    for seed in range(preset.seeds_of(recipe)):
       run_dir = output / "runs" / recipe.name
       runs.append(
         compare_runs.torch_run(preset, recipe, seed, data, body_file, run_dir / f"torch-seed{seed}")
