@@ -96,7 +96,9 @@ def test_paper_preset_end_to_end_with_a_local_checkpoint(tmp_path):
   compare_torch.main([*toy_argv("paper", tmp_path, **changes), "--recipes", "sgd"])
   results = check_outputs(tmp_path / "out", ["sgd"], epochs=2)
   assert results["source"]["origin"] == str(tmp_path / "toy.pt")
-  assert results["preset"]["recipes"] == [{"name": "sgd", "optimizer": "sgd", "pretrained": True}]
+  assert results["preset"]["recipes"] == [
+    {"name": "sgd", "optimizer": "sgd", "pretrained": True, "epochs": 0, "seeds": 0}
+  ]
   assert results["summary"]["transfer"] == {}  # No scratch twin ran.
 
 
@@ -138,9 +140,11 @@ def test_transfer_is_fine_tuned_minus_scratch_per_framework_with_welch():
   meta = {"git_commit": "0" * 40, "git_dirty": False, "date": "today", "cpu": "cpu",
           "cpu_cores_usable": 2, "jax_device": "cpu", "jax": "j", "flax": "f", "torch": "t",
           "torchvision": "tv"}  # fmt: skip
+  recipes = [{"name": "sgd", "epochs": 0}, {"name": "scratch_sgd", "epochs": 3}]
   preset = {"name": "toy", "classes": ["a", "b"], "train_per_class": 1, "test_per_class": 1,
-            "image_size": 32, "epochs": 2, "batch_size": 2}  # fmt: skip
+            "image_size": 32, "epochs": 2, "batch_size": 2, "recipes": recipes}  # fmt: skip
   table = compare_report.markdown(summary, preset, meta, {"origin": "here"})
+  assert "32x32, 2 epochs of batch 2; scratch_sgd: 3 epochs." in table  # Its own epochs.
   rows = table.split("| recipe | framework | gain")[1].splitlines()[2:4]
   cells = [[c.strip() for c in row.split("|")[1:6]] for row in rows]
   jax_gain, torch_gain = (summary["transfer"][f"sgd/{fw}"] for fw in ("jaxresnet", "torch"))
