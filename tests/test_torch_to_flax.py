@@ -111,22 +111,33 @@ def test_train_float32_matches_torchvision(inputs, resnet18):
   assert_train_parity("resnet18", torch_model, variables, inputs, jnp.float32, 1e-5)
 
 
+def assert_float64_exact(arch, size, train, tmp_path) -> dict[str, np.ndarray]:
+  """A randomized torchvision `arch` converted through the CLI, in float64 on 4 real and 4 noise
+  images of `size`: logits and every stage within 1e-10 in eval mode, and, when `train`, the
+  logits and every BatchNorm statistic after 3 train-mode passes. Returns the eval outputs."""
+  images = torch_utils.parity_inputs(num_real=4, num_noise=4, size=size).double()
+  torch_model = torch_utils.randomized_torchvision(arch).double()
+  with jax.enable_x64(True):
+    variables = torch_utils.convert_with_cli(torch_model, tmp_path, arch)
+    assert variables["params"]["conv1"]["kernel"].dtype == np.float64
+    expected = torch_utils.stage_outputs(torch_model, images)
+    actual, _ = flax_outputs(arch, variables, images, dtype=jnp.float64)
+    errors = {k: torch_utils.relative_error(actual[k], expected[k]) for k in ("logits", *STAGES)}
+    assert max(errors.values()) <= 1e-10, errors
+    report = f"\n{arch} float64 at {size}x{size}: eval {max(errors.values()):.1e}"
+    if train:
+      error = assert_train_parity(arch, torch_model, variables, images, jnp.float64, 1e-10)
+      report += f", train {error:.1e}"
+  print(report)
+  return actual
+
+
 @pytest.mark.slow  # test_small_inputs_are_exact_in_float64 proves it per block type, faster.
 @pytest.mark.parametrize("arch", ["resnet18"])
 def test_float64_is_exact(arch, tmp_path):
   """At 112x112, a quarter of 224's compute with the same paths: lax's convolution at every
   stage (layer4's 3x3 sees 4x4, no smaller than its kernel; at 32x32 the matmul takes over)."""
-  torch_model = torch_utils.randomized_torchvision(arch).double()
-  with jax.enable_x64(True):
-    variables = torch_utils.convert_with_cli(torch_model, tmp_path, arch)
-    assert variables["params"]["conv1"]["kernel"].dtype == np.float64
-    images = torch_utils.parity_inputs(num_real=4, num_noise=4, size=112).double()
-    expected = torch_utils.stage_outputs(torch_model, images)
-    actual, _ = flax_outputs(arch, variables, images, dtype=jnp.float64)
-    errors = {k: torch_utils.relative_error(actual[k], expected[k]) for k in ("logits", *STAGES)}
-    assert max(errors.values()) <= 1e-10, errors
-    train = assert_train_parity(arch, torch_model, variables, images, jnp.float64, 1e-10)
-  print(f"\n{arch} float64 at 112x112: eval {max(errors.values()):.1e}, train {train:.1e}")
+  assert_float64_exact(arch, 112, True, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -150,20 +161,9 @@ def test_small_inputs_are_exact_in_float64(arch, train, tmp_path):
   grouped (ResNeXt) and wide bottleneck; the fast tier has the grouped convolution's own test.
   Train mode (logits and every BatchNorm statistic) on the basic and grouped blocks: the
   bottleneck's and the wide one's differ from those only in widths, which eval mode proves."""
-  images = torch_utils.parity_inputs(num_real=4, num_noise=4, size=32).double()
-  torch_model = torch_utils.randomized_torchvision(arch).double()
-  with jax.enable_x64(True):
-    variables = torch_utils.convert_with_cli(torch_model, tmp_path, arch)
-    expected = torch_utils.stage_outputs(torch_model, images)
-    actual, _ = flax_outputs(arch, variables, images, dtype=jnp.float64)
-    sizes = [actual[f"layer{i}"].shape[1:3] for i in (2, 3, 4)]
-    assert sizes == [(4, 4), (2, 2), (1, 1)]  # layer3.0's 3x3 sees 4x4; from layer3.1 on, <= 2x2.
-    errors = {k: torch_utils.relative_error(actual[k], expected[k]) for k in ("logits", *STAGES)}
-    assert max(errors.values()) <= 1e-10, errors
-    if train:
-      train_error = assert_train_parity(arch, torch_model, variables, images, jnp.float64, 1e-10)
-      print(f"\n{arch} float64 at 32x32, train: {train_error:.1e}")
-  print(f"\n{arch} float64 at 32x32, eval: {max(errors.values()):.1e}")
+  actual = assert_float64_exact(arch, 32, train, tmp_path)
+  sizes = [actual[f"layer{i}"].shape[1:3] for i in (2, 3, 4)]
+  assert sizes == [(4, 4), (2, 2), (1, 1)]  # layer3.0's 3x3 sees 4x4; from layer3.1 on, <= 2x2.
 
 
 @pytest.mark.parametrize(
