@@ -62,10 +62,11 @@ class Preset:
 
 
 PRESETS = {
-  # 2 CPU cores (Intel Xeon, 330-550 train img/s at 32x32 in both frameworks): the source 7-12
-  # minutes, trained once; the 48 fine-tuning runs about 55. Adam at lr 0.01 is still climbing
-  # and jumping at epoch 5 (final accuracy std 4.5 points over 20 pilot runs, both frameworks),
-  # so it runs 10 epochs, where its jumps are ~2 points, and 14 seeds (TOST power ~50% at ±2).
+  # 2 CPU cores (330-550 train img/s at 32x32 in both frameworks): the source 12-16 minutes,
+  # trained once; the 48 fine-tuning runs 71 minutes (AMD EPYC, partly shared with tests). Adam
+  # at lr 0.01 is still climbing and jumping at epoch 5 (final accuracy std 4.5 points over 20
+  # pilot runs, both frameworks), so it runs 10 epochs, where its jumps are ~2 points, and 14
+  # seeds (TOST power ~50% at ±2).
   "cpu": Preset(
     name="cpu", source="", classes=TARGET_CLASSES, train_per_class=800, test_per_class=500,
     image_size=32, epochs=5, batch_size=64, seeds=5,
