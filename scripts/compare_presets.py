@@ -44,6 +44,7 @@ class Preset:
   batch_size: int
   seeds: int
   recipes: tuple[Recipe, ...]
+  first_seed: int = 0  # Seeds first_seed, first_seed + 1, ...: more seeds later, to merge.
   eval_batch_size: int = 500
   torch_workers: int = 2  # DataLoader workers.
   torch_threads: int = 0  # torch.set_num_threads; 0: torch's default.
@@ -57,8 +58,8 @@ class Preset:
   def epochs_of(self, recipe: Recipe) -> int:
     return recipe.epochs or self.epochs
 
-  def seeds_of(self, recipe: Recipe) -> int:
-    return recipe.seeds or self.seeds
+  def seeds_of(self, recipe: Recipe) -> range:
+    return range(self.first_seed, self.first_seed + (recipe.seeds or self.seeds))
 
 
 PRESETS = {

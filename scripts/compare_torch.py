@@ -79,7 +79,7 @@ def run_all(
   body = torch.load(body_file, weights_only=True)
   runs = []
   for recipe in preset.recipes:
-    for seed in range(preset.seeds_of(recipe)):
+    for seed in preset.seeds_of(recipe):
       run_dir = output / "runs" / recipe.name
       runs.append(
         compare_runs.torch_run(preset, recipe, seed, data, body_file, run_dir / f"torch-seed{seed}")
