@@ -9,6 +9,7 @@ workers starting), and the rest of the wall time (start-up, evaluation, checkpoi
 """
 
 import dataclasses
+import json
 import math
 import pathlib
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from scripts import compare_stats  # noqa: E402
 FRAMEWORKS = ("jaxresnet", "torch")
 TRANSFER_MARGIN = 5.0  # Points: fine-tuning must beat scratch by this, with a 95% CI above 0.
 LABELS = {"jaxresnet": "jaxresnet", "torch": "PyTorch"}
+RESULTS, SUMMARY, CURVES = "results.json", "summary.md", "curves.png"
 
 
 def curves(runs: Sequence[dict], recipe: str, framework: str, key: str) -> np.ndarray:
@@ -109,6 +111,11 @@ def markdown(summary: dict, preset: dict, meta: dict, source: dict) -> str:
     f"{meta['cpu']} ({meta['cpu_cores_usable']} cores usable), jax on {meta['jax_device']}; "
     f"jax {meta['jax']}, flax {meta['flax']}, torch {meta['torch']}, "
     f"torchvision {meta['torchvision']}.",
+    *(
+      f"Merged with the seeds {part['seeds']} of git {part['git_commit'][:10]}, {part['date']} "
+      f"({part['cpu']})."
+      for part in meta.get("merged", [])
+    ),
     "",
     f"Source: {source['origin']}"
     + (
@@ -213,3 +220,16 @@ def plot(runs: Sequence[dict], recipes: Sequence[str], path: pathlib.Path) -> No
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def write(results: dict, output: pathlib.Path) -> str:
+  """`results` (preset, meta, source, data, runs) with its summary as `RESULTS`, `SUMMARY` and
+  `CURVES` in `output`; returns the summary's markdown."""
+  recipes = [r["name"] for r in results["preset"]["recipes"]]
+  results = results | {"summary": summarise(results["runs"], recipes)}
+  table = markdown(results["summary"], results["preset"], results["meta"], results["source"])
+  output.mkdir(parents=True, exist_ok=True)
+  (output / RESULTS).write_text(json.dumps(results, indent=1, default=str))
+  (output / SUMMARY).write_text(table)
+  plot(results["runs"], recipes, output / CURVES)
+  return table

@@ -16,6 +16,7 @@ source. Presets are data (`scripts/compare_presets.py`); `--set FIELD=VALUE` cha
 Writes into --output: `results.json` (every epoch of every run, the preset, the source, versions,
 git commit and hardware, the statistics), `summary.md` (accuracy table with Welch's CIs and TOST,
 the per-epoch check, time per run) and `curves.png` (test accuracy and loss, mean ± 1 std).
+`--set first_seed=N` runs seeds N, N+1, ...; `scripts/compare_merge.py` merges such outputs.
 """
 
 import torchvision  # noqa: F401  (before TensorFlow, which jaxresnet may load: the other order crashes)
@@ -23,7 +24,6 @@ import torchvision  # noqa: F401  (before TensorFlow, which jaxresnet may load: 
 # isort: split
 import argparse
 import dataclasses
-import json
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -39,8 +39,6 @@ from scripts import (
   compare_runs,
   compare_source,
 )
-
-RESULTS, SUMMARY, CURVES = "results.json", "summary.md", "curves.png"
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -106,23 +104,14 @@ def main(argv: Sequence[str] | None = None) -> None:
   data = compare_data.class_folder(cache, preset.classes, per_class)
   runs = run_all(preset, data, body_file, source["origin"], output)
 
-  recipes = [r.name for r in preset.recipes]
-  summary = compare_report.summarise(runs, recipes)
-  meta = bench_report.machine_info(args)
-  fields = dataclasses.asdict(preset)
   results = {
-    "preset": fields,
-    "meta": meta,
+    "preset": dataclasses.asdict(preset),
+    "meta": bench_report.machine_info(args),
     "source": source,
     "data": str(data),
     "runs": runs,
-    "summary": summary,
   }
-  output.mkdir(parents=True, exist_ok=True)
-  (output / RESULTS).write_text(json.dumps(results, indent=1, default=str))
-  (output / SUMMARY).write_text(compare_report.markdown(summary, fields, meta, source))
-  compare_report.plot(runs, recipes, output / CURVES)
-  print((output / SUMMARY).read_text())
+  print(compare_report.write(results, output))
 
 
 if __name__ == "__main__":

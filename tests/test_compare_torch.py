@@ -21,6 +21,7 @@ from scipy import stats
 from configs import adam, sgd
 from jaxresnet import errors, network
 from scripts import (
+  compare_merge,
   compare_presets,
   compare_report,
   compare_source,
@@ -59,7 +60,7 @@ def table_rows(markdown: str, header: str) -> dict[str, list[str]]:
 
 def check_outputs(out, recipes: list[str], epochs: int) -> dict:
   """What every comparison writes: both frameworks' epochs, the table from them, the PNG."""
-  results = json.loads((out / compare_torch.RESULTS).read_text())
+  results = json.loads((out / compare_report.RESULTS).read_text())
   for recipe in recipes:
     for framework in ("jaxresnet", "torch"):
       (run,) = [r for r in results["runs"] if (r["recipe"], r["framework"]) == (recipe, framework)]
@@ -71,7 +72,7 @@ def check_outputs(out, recipes: list[str], epochs: int) -> dict:
       assert run["wall_seconds"] > sum(e["train_seconds"] for e in run["epochs"])
       final = results["summary"]["recipes"][recipe]["final_test_accuracy"][framework]
       assert final == [100 * run["epochs"][-1]["test_accuracy"]]
-  rows = table_rows((out / compare_torch.SUMMARY).read_text(), "| recipe | seeds |")
+  rows = table_rows((out / compare_report.SUMMARY).read_text(), "| recipe | seeds |")
   assert list(rows) == recipes
   for recipe in recipes:
     finals = results["summary"]["recipes"][recipe]["final_test_accuracy"]
@@ -80,7 +81,7 @@ def check_outputs(out, recipes: list[str], epochs: int) -> dict:
     assert rows[recipe][5:] == ["n/a"] * 3  # One seed: no interval.
   meta = results["meta"]
   assert meta["git_commit"] and meta["cpu"] and meta["torch"] == torch.__version__
-  with Image.open(out / compare_torch.CURVES) as image:
+  with Image.open(out / compare_report.CURVES) as image:
     assert image.format == "PNG" and image.width >= 400 * len(recipes)
   return results
 
@@ -150,6 +151,58 @@ def test_transfer_is_fine_tuned_minus_scratch_per_framework_with_welch():
   jax_gain, torch_gain = (summary["transfer"][f"sgd/{fw}"] for fw in ("jaxresnet", "torch"))
   assert cells[0][:3] == ["sgd", "jaxresnet", f"{jax_gain['gain']:+.2f}"] and cells[0][4] == "yes"
   assert cells[1][:3] == ["sgd", "PyTorch", f"{torch_gain['gain']:+.2f}"] and cells[1][4] == "no"
+
+
+def _synthetic_results(seeds: range, epochs: int = 2) -> dict:
+  """compare_torch's results for `seeds` of one adam recipe (finals 60 + seed, PyTorch's 0.5
+  below), with a source trained here."""
+  runs = [_synthetic_run("adam", fw, seed, 60.0 + seed - 0.5 * (fw == "torch"))
+          for seed in seeds for fw in ("jaxresnet", "torch")]  # fmt: skip
+  recipes = [{"name": "adam", "optimizer": "adam", "pretrained": True, "epochs": 0,
+              "seeds": len(seeds)}]  # fmt: skip
+  preset = {"name": "toy", "classes": ["a", "b"], "train_per_class": 1, "test_per_class": 1,
+            "image_size": 32, "epochs": epochs, "batch_size": 2, "seeds": len(seeds),
+            "first_seed": seeds.start, "recipes": recipes}  # fmt: skip
+  meta = {"git_commit": str(seeds.start) * 40, "git_dirty": False, "date": f"day {seeds.start}",
+          "cpu": "cpu", "cpu_cores_usable": 2, "jax_device": "cpu", "jax": "j", "flax": "f",
+          "torch": "t", "torchvision": "tv"}  # fmt: skip
+  source = {
+    "origin": "here",
+    "wall_seconds": 5.0 + seeds.start,
+    "cached": bool(seeds.start),
+    "history": [{"epoch": 1, "test": {"accuracy": 0.7, "seconds": 1.0 + seeds.start}}],
+  }
+  return {"preset": preset, "meta": meta, "source": source, "data": "d", "runs": runs}
+
+
+def test_merge_gives_the_report_of_all_seeds_and_refuses_another_experiment(tmp_path):
+  """Seeds 0-2 and 3-4 run apart (the source's timing differs, as when cached) merge into the
+  report of seeds 0-4; a seed run twice, other epochs or another source are refused."""
+  for name, seeds in (("a", range(3)), ("b", range(3, 5))):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / compare_report.RESULTS).write_text(json.dumps(_synthetic_results(seeds)))
+  compare_merge.main(["--output", str(tmp_path / "m"), str(tmp_path / "a"), str(tmp_path / "b")])
+  merged = json.loads((tmp_path / "m" / compare_report.RESULTS).read_text())
+  finals = merged["summary"]["recipes"]["adam"]["final_test_accuracy"]
+  assert finals["jaxresnet"] == pytest.approx([60.0, 61.0, 62.0, 63.0, 64.0])
+  assert finals["torch"] == pytest.approx([59.5, 60.5, 61.5, 62.5, 63.5])
+  assert merged["preset"]["recipes"][0]["seeds"] == 5 and merged["preset"]["first_seed"] == 0
+  table = (tmp_path / "m" / compare_report.SUMMARY).read_text()
+  assert table_rows(table, "| recipe | seeds |")["adam"][1] == "5 / 5"
+  assert f"Merged with the seeds adam 3-4 of git {'3' * 10}, day 3 (cpu)." in table
+  assert (tmp_path / "m" / compare_report.CURVES).is_file()
+
+  twice = [_synthetic_results(range(3)), _synthetic_results(range(2, 4))]
+  with pytest.raises(errors.UserError, match="jaxresnet adam seed 2 is in two outputs"):
+    compare_merge.merge(twice)
+  with pytest.raises(errors.UserError, match=r"not one experiment \(they differ in \[.epochs.\]\)"):
+    compare_merge.merge([_synthetic_results(range(3)), _synthetic_results(range(3, 5), 3)])
+  other_source = _synthetic_results(range(3, 5))
+  other_source["source"]["history"][0]["test"]["accuracy"] = 0.71
+  with pytest.raises(errors.UserError, match=r"not one experiment \(they differ in \[.source.\]\)"):
+    compare_merge.merge([_synthetic_results(range(3)), other_source])
+  with pytest.raises(errors.UserError, match="Cannot read .*results.json"):
+    compare_merge.read(tmp_path / "missing" / compare_report.RESULTS)
 
 
 def test_paper_preset_refuses_a_source_of_another_architecture(tmp_path):
