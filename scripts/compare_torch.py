@@ -1,6 +1,6 @@
 """Same recipe, same result? jaxresnet's fine-tuning measured against PyTorch's, seed for seed.
 
-    python -m scripts.compare_torch --preset cpu                 # 2 CPU cores, about 75 minutes
+    python -m scripts.compare_torch --preset cpu                 # 2 CPU cores, about 2 h 15 min
     python -m scripts.compare_torch --preset gpu                 # one GPU, about 5 minutes
     python -m scripts.compare_torch --preset paper               # ImageNet weights: network, GPU
     python -m scripts.compare_torch --preset cpu --set seeds=2 --set epochs=2 --recipes sgd
