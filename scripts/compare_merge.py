@@ -24,7 +24,7 @@ SEED_FIELDS = ("seeds", "first_seed", "recipes")  # What may differ; recipes are
 
 
 def _untimed(value):
-  """`value` without its "seconds"/"wall_seconds" entries, at any depth: what a rerun repeats."""
+  """`value` without its timing and cache entries, at any depth: what a rerun repeats."""
   if isinstance(value, dict):
     return {k: _untimed(v) for k, v in value.items()
             if k not in ("seconds", "wall_seconds", "cached")}  # fmt: skip
@@ -51,9 +51,9 @@ def merge(parts: Sequence[dict]) -> dict:
   """One results dict from several (`parts[0]`'s preset, meta and source, all their runs)."""
   first = parts[0]
   recipes = {r["name"]: r for r in first["preset"]["recipes"]}
-  runs, seen = [], set()
+  runs, seen, ours = [], set(), _experiment(first)
   for part in parts:
-    ours, theirs = _experiment(first), _experiment(part)
+    theirs = _experiment(part)
     if ours != theirs:
       differ = sorted(k for k in ours["preset"] if ours["preset"][k] != theirs["preset"].get(k))
       differ += ["source"] if ours["source"] != theirs["source"] else []
