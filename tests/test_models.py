@@ -5,7 +5,10 @@ weights (`torchvision.models.get_model_weights(arch).DEFAULT.meta["num_params"]`
 0.29.1), which are also checked against torchvision's own modules built here.
 """
 
+import functools
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -75,6 +78,24 @@ def test_init_is_seeded_and_parameters_stay_float32():
   pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
   assert all(np.array_equal(x, y) for x, y in pairs)
   assert not np.array_equal(a["params"]["conv1"]["kernel"], c["params"]["conv1"]["kernel"])
+
+
+def test_init_ignores_compute_dtype_and_fine_tuning_controls():
+  """Every variant of a network draws its own `init`'s values, from one compilation."""
+  tiny = functools.partial(models.ResNet, stage_sizes=(1,), block_cls=models.BasicBlock,
+                           num_classes=3)  # fmt: skip
+  variants = [tiny(), tiny(dtype=jnp.bfloat16, freeze="layer1", batchnorm="frozen")]
+  with jax.enable_x64(True):
+    variants.append(tiny(dtype=jnp.float64, freeze="head_only"))
+    compiles = models._init_variables._cache_size()
+    for model in variants:
+      own = jax.jit(model.init, static_argnames="train")(
+        jax.random.key(3), jnp.zeros((1, 32, 32, 3), jnp.float32), train=False
+      )
+      ours = models.init_variables(model, jax.random.key(3))
+      pairs = zip(jax.tree.leaves(own), jax.tree.leaves(ours), strict=True)
+      assert all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in pairs), model
+  assert models._init_variables._cache_size() == compiles + 1
 
 
 def test_unknown_architecture_names_the_choices():
