@@ -65,6 +65,12 @@ def flat(tree) -> dict[str, np.ndarray]:
   }
 
 
+@jax.jit
+def _to_float64(tree):
+  """One compiled cast of the whole tree: `jax.tree.map` outside jit compiles one per shape."""
+  return jax.tree.map(lambda x: x.astype(jnp.float64), tree)
+
+
 def run_float64(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   """NUM_STEPS float64 steps from the run's initial variables; call under jax.enable_x64."""
   data = dataset_lib.create_dataset(config, [config.train_split])
@@ -72,8 +78,7 @@ def run_float64(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   # As train_and_evaluate draws them; create_model keeps float32 parameters, cast to float64.
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   model = models.create_model(config.model, data.info.num_classes, "float64")
-  variables = models.init_variables(model, init_rng)
-  variables = jax.tree.map(lambda x: x.astype(jnp.float64), variables)
+  variables = _to_float64(models.init_variables(model, init_rng))
   initial = flat(variables)
   steps_per_epoch = data.info.num_examples[config.train_split] // config.batch_size
   tx = optimizers.create_optimizer(config, steps_per_epoch)

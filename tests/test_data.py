@@ -366,6 +366,15 @@ def test_folder_errors(tmp_path, jpeg):
   with pytest.raises(ValueError, match=f"class folder {root / 'test/b'} holds no"):
     _folder_dataset(root)
 
+  # The folder above the image folder (e.g. one holding cifar10-jpeg/): its split folders
+  # look like classes, and the error names the folder to use instead.
+  parent = tmp_path / "parent"
+  _make_folder(parent / "data", good)
+  with pytest.raises(
+    ValueError, match=rf"not images: .* use --config.dataset=imagefolder:{parent / 'data'};"
+  ):
+    _folder_dataset(parent)
+
   root = _make_folder(tmp_path / "classes_differ", {**good, "train/c/0.jpg": jpeg})
   with pytest.raises(ValueError, match=r"test lacks the class folders \['c'\]"):
     _folder_dataset(root)

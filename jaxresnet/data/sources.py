@@ -153,6 +153,13 @@ def _class_files(directory: pathlib.Path, class_names: tuple[str, ...]) -> list[
   for label, name in enumerate(class_names):
     class_dir = directory / name
     files = sorted(str(p) for p in class_dir.iterdir() if decode.is_image_file_name(p))
+    nested = sorted(p.name for p in class_dir.iterdir() if _is_visible_dir(p))
+    if not files and nested:
+      raise errors.UserError(
+        f"The class folder {class_dir} holds folders ({', '.join(nested[:5])}), not images: if "
+        f"{directory} is the image folder you meant, use --config.dataset=imagefolder:{directory};"
+        f" else move the images up into {class_dir}."
+      )
     if not files:
       raise errors.UserError(
         f"The class folder {class_dir} holds no {'/'.join(decode.IMAGE_SUFFIXES)} images: add "
