@@ -1,6 +1,6 @@
 """Same recipe, same result? jaxresnet's fine-tuning measured against PyTorch's, seed for seed.
 
-    python -m scripts.compare_torch --preset cpu                 # 2 CPU cores, about 2 h 15 min
+    python -m scripts.compare_torch --preset cpu                 # 2 CPU cores, about an hour
     python -m scripts.compare_torch --preset gpu                 # one GPU, about 5 minutes
     python -m scripts.compare_torch --preset paper               # ImageNet weights: network, GPU
     python -m scripts.compare_torch --preset cpu --set seeds=2 --set epochs=2 --recipes sgd
@@ -28,6 +28,7 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
+import jax
 import torch
 
 from jaxresnet import cli
@@ -52,7 +53,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument(
     "--cache-dir",
     default="~/.cache/jaxresnet/compare",
-    help="Image folders and source weights, reused across runs.",
+    help="Image folders, source weights and compiled programs, reused across runs.",
   )
   parser.add_argument(
     "--set",
@@ -99,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   preset = compare_presets.resolve(args.preset, args.set, args.recipes)
   output = pathlib.Path(args.output or f"runs/compare-{preset.name}")
   cache = pathlib.Path(args.cache_dir).expanduser()
+  # Every jaxresnet run compiles the same programs: once on disk, then read by every later seed
+  # and rerun (the in-memory cache does not span train_and_evaluate calls).
+  jax.config.update("jax_compilation_cache_dir", str(cache / "xla"))
   body_file, source = compare_source.source_body(preset, cache)  # First: fails fast offline.
   per_class = {"train": preset.train_per_class, "test": preset.test_per_class}
   data = compare_data.class_folder(cache, preset.classes, per_class)
