@@ -78,7 +78,9 @@ def run_float64(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   # As train_and_evaluate draws them; create_model keeps float32 parameters, cast to float64.
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   model = models.create_model(config.model, data.info.num_classes, "float64")
-  variables = _to_float64(models.init_variables(model, init_rng))
+  with jax.enable_x64(False):  # The float32 run's compiled init, not a float64 twin of it.
+    variables = models.init_variables(model, init_rng)
+  variables = _to_float64(variables)
   initial = flat(variables)
   steps_per_epoch = data.info.num_examples[config.train_split] // config.batch_size
   tx = optimizers.create_optimizer(config, steps_per_epoch)
