@@ -64,12 +64,12 @@ class Preset:
 
 PRESETS = {
   # 2 CPU cores (about 300 train img/s at 32x32 in both frameworks): the source 5-10 minutes,
-  # trained once; the 68 fine-tuning runs about an hour (AMD EPYC). 200 images per class: fine-
+  # trained once; the 68 fine-tuning runs 63 minutes (AMD EPYC). 200 images per class: fine-
   # tuning then beats scratch by ~9 points (4 at 800 per class, the first version of this
   # preset), and a run takes 30-75 s. SGD varies by ~1 point from seed to seed: 8 seeds. Adam at
   # lr 0.01 is still jumping at epoch 10 (final std 3.6 over the 4-seed pilot): 18 seeds, as many
   # as the hour holds, which cannot bound a difference within ±2 at that spread; its equivalence
-  # at 800 per class, 29 seeds, is docs/compare_torch_cpu_adam29.md.
+  # at 800 per class, 29 seeds, is docs/compare_torch_cpu800.md.
   "cpu": Preset(
     name="cpu", source="", classes=TARGET_CLASSES, train_per_class=200, test_per_class=500,
     image_size=32, epochs=5, batch_size=64, seeds=8,

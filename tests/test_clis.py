@@ -95,7 +95,7 @@ def test_evaluate_predict_and_export_agree_with_training(mock_run, cifar_jpeg_su
   counters = [v for k, v in torch_model.state_dict().items() if k.endswith("num_batches_tracked")]
   assert all(int(c) == steps for c in counters)  # A scratch run: 0 + one per step.
   pixels = np.stack([np.asarray(decode.read_rgb(p)) for p in images])  # 32x32: as they are.
-  inputs = np.asarray(preprocess.preprocess(jax.numpy.asarray(pixels), config))
+  inputs = np.array(preprocess.preprocess(jax.numpy.asarray(pixels), config))  # Writable.
   with torch.no_grad():
     logits = torch_model.eval()(torch.from_numpy(inputs).permute(0, 3, 1, 2)).numpy()
   np.testing.assert_array_equal(probabilities.argmax(-1), logits.argmax(-1))
