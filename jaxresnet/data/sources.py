@@ -152,8 +152,9 @@ def _class_files(directory: pathlib.Path, class_names: tuple[str, ...]) -> list[
   per_class = []
   for label, name in enumerate(class_names):
     class_dir = directory / name
-    files = sorted(str(p) for p in class_dir.iterdir() if decode.is_image_file_name(p))
-    nested = sorted(p.name for p in class_dir.iterdir() if _is_visible_dir(p))
+    entries = list(class_dir.iterdir())
+    files = sorted(str(p) for p in entries if decode.is_image_file_name(p))
+    nested = sorted(p.name for p in entries if _is_visible_dir(p))
     if not files and nested:
       raise errors.UserError(
         f"The class folder {class_dir} holds folders ({', '.join(nested[:5])}), not images: if "
