@@ -1,15 +1,18 @@
-"""The errors a person can fix, and the exit codes of every command-line program.
+"""The errors a person can fix, and the exit codes of every command-line program (`EXIT_CODES`,
+which ends each program's --help).
 
-Exit codes:
+Set `JAXRESNET_VERBOSE=1` (or pass `--verbose`) to see the traceback of a user error too.
+"""
+
+EXIT_CODES = """exit codes:
   0    done
   1    an unexpected error (a bug), shown with its traceback
-  2    a user error: a bad config, a missing or damaged file or checkpoint, no network, a workdir
-       in use; one `error: ...` line names the problem and the fix
+  2    a user error: a bad flag or config value, a missing or damaged file or checkpoint, no
+       network, a workdir in use; one `error: ...` line names the problem and the fix
+       (--verbose, or JAXRESNET_VERBOSE=1, adds the traceback)
   3    training diverged (a non-finite loss); the last good checkpoint is intact
   130  stopped by Ctrl-C, after saving a checkpoint at the current step
   143  stopped by SIGTERM (a preemption), after saving a checkpoint at the current step
-
-Set `JAXRESNET_VERBOSE=1` (or pass `--verbose`) to see the traceback of a user error too.
 """
 
 USER_ERROR_EXIT = 2

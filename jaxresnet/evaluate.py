@@ -9,7 +9,7 @@ the run's class folders.
 import pathlib
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 
 from jaxresnet import (
   checkpointing,
@@ -70,7 +70,9 @@ def check_class_names(trained: tuple[str, ...], found: tuple[str, ...], dataset:
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise errors.UserError(
+      f"Unexpected arguments {argv[1:]}: evaluate takes flags only, e.g. --checkpoint best."
+    )
   cli.quiet_libraries()
   workdir = pathlib.Path(cli.FLAGS.workdir)
   dataset = cli.FLAGS.dataset

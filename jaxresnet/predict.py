@@ -18,7 +18,7 @@ from typing import TextIO
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from jaxresnet import checkpointing, cli, errors, models, reporting, steps
 from jaxresnet import workdir as workdir_lib
@@ -131,7 +131,7 @@ def _counted(batches: Iterable, progress: reporting.ImageProgress) -> Iterator:
 
 def main(argv: list[str]) -> None:
   if len(argv) < 2:
-    raise app.UsageError("Pass one or more image files or folders after the flags.")
+    raise errors.UserError("No images given: pass image files or folders after the flags.")
   if cli.FLAGS.batch_size < 1 or cli.FLAGS.top_k < 1:
     raise errors.UserError("--batch_size and --top_k must be at least 1.")
   fmt = output_format(cli.FLAGS.output)

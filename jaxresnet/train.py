@@ -14,9 +14,8 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from jax.experimental import multihost_utils
-from ml_collections import config_flags
 
 from jaxresnet import (
   checkpointing,
@@ -358,8 +357,7 @@ def train_loop(run: Run, state: steps.TrainState, dataset: dataset_lib.Dataset, 
 
 def define_flags() -> None:
   cli.define_workdir_flag("Directory for checkpoints, metrics and figures.")
-  config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
-  flags.mark_flag_as_required("config")
+  cli.define_config_flag("Training config file, e.g. configs/sgd.py.")
   flags.DEFINE_bool("allow_config_change", False, "Resume although fields other than the "
                     "operational ones changed since the first launch.")  # fmt: skip
   distributed.define_flags()
@@ -367,7 +365,9 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise errors.UserError(
+      f"Unexpected arguments {argv[1:]}: train takes flags only, e.g. --config.num_epochs=3."
+    )
   cli.quiet_libraries()
   distributed.initialize_from_flags()
   train_and_evaluate(cli.FLAGS.config, cli.FLAGS.workdir, cli.FLAGS.allow_config_change)
