@@ -11,6 +11,7 @@ import contextlib
 import csv
 import functools
 import json
+import os
 import pathlib
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -113,12 +114,18 @@ def write_predictions(
 
 
 def output_format(output: str | None) -> str:
-  """ "csv" or "jsonl" by the suffix of `output`; "text" without one (printed)."""
+  """ "csv" or "jsonl" by the suffix of `output`; "text" without one (printed). An output that
+  cannot be written fails here, before any work."""
   if output is None:
     return "text"
-  suffix = pathlib.Path(output).suffix.lower()
+  path = pathlib.Path(output)
+  suffix = path.suffix.lower()
   if suffix not in (".csv", ".jsonl"):
     raise errors.UserError(f"--output={output}: end it in .csv or .jsonl to choose the format.")
+  folder = path.absolute().parent
+  if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+    problem = "is a folder" if path.is_dir() else f"cannot be written in {folder}"
+    raise errors.UserError(f"--output={output} {problem}: pass a file in a writable folder.")
   return suffix[1:]
 
 
