@@ -76,11 +76,7 @@ def torchvision_state_dict(
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-    prog="python -m convert.flax_to_torch",
-    description=__doc__,
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
+  parser = cli.ArgumentParser(prog="python -m convert.flax_to_torch", description=__doc__)
   parser.add_argument(
     "--input", type=pathlib.Path, required=True, help="a converter output or a training workdir"
   )
@@ -130,8 +126,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
   state_dict = export_state_dict(variables, metadata.get("num_batches_tracked"), steps)
   state_dict = torchvision_state_dict(state_dict, arch, num_classes)
-  args.output.parent.mkdir(parents=True, exist_ok=True)
-  torch.save(state_dict, args.output)
+  try:
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with args.output.open("wb") as file:
+      torch.save(state_dict, file)
+  except OSError as error:
+    raise errors.UserError(
+      f"Cannot write --output {args.output} ({error.strerror or error}: {error.filename}): pass a "
+      "file in a writable folder."
+    ) from error
   print(f"Wrote {arch} ({num_classes} classes) from {args.input} to {args.output}")
 
 

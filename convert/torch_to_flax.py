@@ -34,9 +34,11 @@ def read_torch_checkpoint(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch.load raises many types for a file it cannot read.
+    # Its message for a file that is no pickle is a paragraph on `weights_only`: left to --verbose.
+    short = "\n" not in str(e) and len(str(e)) <= 200
     raise errors.UserError(
-      f"{path} is not a PyTorch checkpoint torch.load can read ({type(e).__name__}: {e}). "
-      "Pass a file written by torch.save(model.state_dict(), path)."
+      f"{path} is not a PyTorch checkpoint torch.load can read ({type(e).__name__}"
+      f"{f': {e}' if short else ''}). Pass a file written by torch.save(model.state_dict(), path)."
     ) from e
   for wrapper in ("state_dict", "model"):
     if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
@@ -114,8 +116,8 @@ def convert_state_dict(
   Returns:
     Nested dicts of numpy arrays.
   Raises:
-    ValueError: listing every missing key, unexpected key and shape mismatch; or for a
-      body-only state dict without `num_classes`.
+    ValueError: naming the missing keys, unexpected keys and shape mismatches (the first 10
+      of each) in one line; or for a body-only state dict without `num_classes`.
   """
   if num_classes is None:
     if "fc.weight" not in state_dict:
@@ -125,7 +127,7 @@ def convert_state_dict(
       )
     num_classes = state_dict["fc.weight"].shape[0]
   state_dict = with_head(state_dict, arch, num_classes, seed)
-  leaves, missing, mismatched = {}, [], []
+  leaves, missing, mismatched = {}, [], {}
   for path, shape in layout.variable_shapes(arch, num_classes).items():
     key = layout.torch_key(path)
     if key not in state_dict:
@@ -133,7 +135,7 @@ def convert_state_dict(
       continue
     array = layout.to_flax(path, state_dict[key].detach().cpu().numpy())
     if array.shape != shape:
-      mismatched.append(
+      mismatched[key] = (
         f"{key}: {tuple(state_dict[key].shape)}, expected {layout.torch_shape(path, shape)}"
       )
     leaves[path] = array
@@ -142,19 +144,20 @@ def convert_state_dict(
   if missing or unexpected or mismatched:
     guess = layout.guess_arch({k: v.shape for k, v in state_dict.items()})
     hint = f" It looks like a {guess} state dict: pass --arch {guess}." if guess else ""
+    in_torch_order = [mismatched[k] for k in state_dict if k in mismatched]  # Layer by layer.
+    problems = [("missing keys", missing), ("unexpected keys", unexpected),
+                ("shape mismatches", in_torch_order)]  # fmt: skip
+    listed = "; ".join(f"{title} ({len(keys)}): {_first(keys)}" for title, keys in problems if keys)
     raise errors.UserError(
-      f"The state dict does not match torchvision's {arch} with {num_classes} classes.{hint}\n"
-      + "".join(
-        f"  {title} ({len(keys)}): {', '.join(keys)}\n"
-        for title, keys in [
-          ("missing keys", missing),
-          ("unexpected keys", unexpected),
-          ("shape mismatches", mismatched),
-        ]
-        if keys
-      )
+      f"The state dict does not match torchvision's {arch} with {num_classes} classes "
+      f"({listed}).{hint}"
     )
   return layout.unflatten(leaves)
+
+
+def _first(keys: list[str], n: int = 10) -> str:
+  """The first `n` of `keys`, and how many more: an error line stays readable."""
+  return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
 def batches_tracked(state_dict: StateDict) -> dict[str, int]:
@@ -171,11 +174,7 @@ def sha256(path: pathlib.Path) -> str:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-    prog="python -m convert.torch_to_flax",
-    description=__doc__,
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
+  parser = cli.ArgumentParser(prog="python -m convert.torch_to_flax", description=__doc__)
   parser.add_argument("--arch", default="resnet18", choices=list(models.MODELS))
   source = parser.add_mutually_exclusive_group()
   source.add_argument(
@@ -192,6 +191,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   args = parser.parse_args(argv)
   if args.num_classes is not None and args.num_classes < 1:
     parser.error(f"--num-classes must be positive, got {args.num_classes}.")
+  if args.verify_images is not None and not args.verify_images.is_dir():
+    parser.error(f"--verify-images {args.verify_images} is not a folder: pass a folder of images.")
   return args
 
 
@@ -226,7 +227,13 @@ def main(argv: Sequence[str] | None = None) -> None:
   }
   if args.output.exists():
     shutil.rmtree(args.output)
-  pretrained.save_variables(args.output, variables, metadata)
+  try:
+    pretrained.save_variables(args.output, variables, metadata)
+  except OSError as error:
+    raise errors.UserError(
+      f"Cannot write --output {args.output} ({error.strerror or error}: {error.filename}): pass a "
+      "new folder in a writable place."
+    ) from error
   print(f"Wrote {args.arch} ({num_classes} classes) from {source} to {args.output}")
   if args.verify:
     torch_sd = with_head(state_dict, args.arch, num_classes, args.seed)

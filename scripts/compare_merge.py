@@ -11,7 +11,6 @@ is refused, not averaged twice. Writes what compare_torch writes, from the merge
 report names each input's commit, date and CPU.
 """
 
-import argparse
 import json
 import pathlib
 import sys
@@ -91,11 +90,7 @@ def read(path: pathlib.Path) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(
-    prog="python -m scripts.compare_merge",
-    description=__doc__,
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
+  parser = cli.ArgumentParser(prog="python -m scripts.compare_merge", description=__doc__)
   parser.add_argument("--output", required=True, help="Where the merged outputs go.")
   parser.add_argument("inputs", nargs="+", type=pathlib.Path, help="compare_torch outputs.")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)

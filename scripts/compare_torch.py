@@ -43,11 +43,7 @@ from scripts import (
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-    prog="python -m scripts.compare_torch",
-    description=__doc__,
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
+  parser = cli.ArgumentParser(prog="python -m scripts.compare_torch", description=__doc__)
   parser.add_argument("--preset", required=True, choices=sorted(compare_presets.PRESETS))
   parser.add_argument("--output", default="", help="Default: runs/compare-PRESET.")
   parser.add_argument(
