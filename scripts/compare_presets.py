@@ -108,13 +108,25 @@ def resolve(name: str, overrides: list[str], recipes: str = "") -> Preset:
   preset, types = PRESETS[name], typing.get_type_hints(Preset)
   changes = {}
   for item in overrides:
-    field, _, value = item.partition("=")
+    field, equals, value = item.partition("=")
+    if not equals:
+      raise errors.UserError(f"--set {item}: write FIELD=VALUE, e.g. --set seeds=2.")
     if field not in types or field in ("name", "recipes"):
       settable = sorted(set(types) - {"name", "recipes"})
       raise errors.UserError(
         f"Cannot set {field!r}: choose one of {settable} (recipes: --recipes)."
       )
-    changes[field] = _parse(value, types[field])
+    try:
+      changes[field] = _parse(value, types[field])
+    except ValueError as error:
+      kind = {int: "an integer", float: "a number"}.get(types[field], types[field])
+      raise errors.UserError(f"--set {item}: {field} must be {kind}, got {value!r}.") from error
+  for field in ("classes", "source_classes"):  # Before anything is trained on them.
+    unknown = sorted(set(changes.get(field, ())) - set(cifar10_jpeg.CLASSES))
+    if unknown:
+      raise errors.UserError(
+        f"--set {field}: {unknown} are not CIFAR-10 classes; choose from {cifar10_jpeg.CLASSES}."
+      )
   if recipes:
     by_name = {r.name: r for r in preset.recipes}
     unknown = sorted(set(recipes.split(",")) - set(by_name))
