@@ -106,6 +106,7 @@ def jax_runners(config: ml_collections.ConfigDict, mesh: Mesh) -> tuple[list[Run
   )
 
   def run_train(n: int, batches: Iterator | None = None) -> None:
+    step_metrics = None  # n = 0 (--warmup 0) runs no step.
     for _ in range(n):
       batch = train_batch if batches is None else parallel.to_global(next(batches), mesh)
       holder["state"], step_metrics = train_step(holder["state"], batch, rng)

@@ -38,7 +38,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax  # noqa: E402
 import torch  # noqa: E402
 
-from jaxresnet import parallel  # noqa: E402
+from jaxresnet import cli, errors, models, parallel  # noqa: E402
 from jaxresnet.data import cifar10_jpeg  # noqa: E402
 from scripts import bench_cases, bench_compiled, bench_report  # noqa: E402
 from scripts.bench_timing import timed  # noqa: E402
@@ -63,15 +63,60 @@ DEFAULTS = {  # Per device: batch size and timed steps per round, by resolution;
 }
 
 
+def parse_sizes(spec: str) -> list[int]:
+  """'32,224' -> [32, 224]; a ValueError naming a spec that is not positive numbers."""
+  try:
+    sizes = [int(s) for s in spec.split(",")]
+  except ValueError:
+    sizes = []
+  if not sizes or min(sizes) < 1:
+    raise ValueError(f"{spec!r} is not positive numbers, comma-separated (e.g. 32,224)")
+  return sizes
+
+
 def per_size(spec: str, sizes: list[int]) -> dict[int, int]:
-  """'32=64,224=16' -> {32: 64, 224: 16}; a bare '256' applies to every size."""
-  if "=" not in spec:
-    return dict.fromkeys(sizes, int(spec))
-  values = {int(k): int(v) for k, v in (item.split("=") for item in spec.split(","))}
+  """'32=64,224=16' -> {32: 64, 224: 16}; a bare '256' applies to every size.
+
+  Raises:
+    ValueError: for a spec of another form, a value below 1, or one that misses a size.
+  """
+  try:
+    if "=" not in spec:
+      values = dict.fromkeys(sizes, int(spec))
+    else:
+      values = {int(k): int(v) for k, v in (item.split("=") for item in spec.split(","))}
+  except ValueError:
+    values = {}
+  if not values or min(values.values()) < 1:
+    raise ValueError(f"{spec!r} is not one positive number or SIZE=N,SIZE=N (e.g. 32=64,224=16)")
   missing = set(sizes) - set(values)
   if missing:
-    raise ValueError(f"{spec!r} gives no value for the sizes {sorted(missing)}.")
+    raise ValueError(f"{spec!r} gives no value for the sizes {sorted(missing)}")
   return values
+
+
+def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+  """Every value the cases read, checked before any is built: a bad one is a parser error."""
+  try:
+    sizes = parse_sizes(args.sizes)
+  except ValueError as error:
+    parser.error(f"--sizes: {error}")
+  for flag in ("batch_size", "steps"):
+    try:
+      per_size(getattr(args, flag), sizes)
+    except ValueError as error:
+      parser.error(f"--{flag.replace('_', '-')}: {error}")
+  for flag in ("dtypes", "compile_dtypes"):  # --compile-dtypes "": no compiled peers.
+    dtypes = getattr(args, flag).split(",")
+    unknown = sorted(set(d for d in dtypes if d or flag == "dtypes") - set(models.DTYPES))
+    if unknown:
+      parser.error(f"--{flag.replace('_', '-')}: unknown {unknown}: choose from {models.DTYPES}")
+  if args.repeats < 1 or args.warmup < 0 or args.e2e_steps < 0:
+    parser.error("--repeats must be at least 1, --warmup and --e2e-steps at least 0")
+  tarball = args.jpeg_tarball  # The default may be absent: the end-to-end rates are skipped.
+  if tarball not in ("", parser.get_default("jpeg_tarball")) and not pathlib.Path(tarball).exists():
+    parser.error(f"--jpeg-tarball {args.jpeg_tarball} does not exist: pass the CIFAR-10 JPEG "
+                 'tarball or folder, or "" to skip the end-to-end rates')  # fmt: skip
 
 
 def jpeg_folder(spec: str, tmp: str) -> pathlib.Path | None:
@@ -89,7 +134,7 @@ def jpeg_folder(spec: str, tmp: str) -> pathlib.Path | None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = cli.ArgumentParser(prog="python -m scripts.benchmark", description=__doc__)
   parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
   parser.add_argument("--sizes", default="32,224", help="Resolutions, e.g. 32,224.")
   parser.add_argument("--dtypes", default="float32", help="float32 and/or bfloat16.")
@@ -127,22 +172,30 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   runs = ROOT / "runs"  # Git-ignored.
   parser.add_argument("--json", default=str(runs / "benchmark.json"), help="Rewritten per case.")
   parser.add_argument("--table", default=str(runs / "benchmark.md"), help="The markdown table.")
+  parser.add_argument("--verbose", action="store_true", help="Tracebacks of user errors too.")
   args = parser.parse_args(argv)
   for field in DEFAULTS[args.device]:
     if getattr(args, field) is None:
       setattr(args, field, DEFAULTS[args.device][field])
+  check_args(args, parser)
   return args
 
 
-def main(argv: list[str]) -> None:
-  args = parse_args(argv)
+def main(argv: list[str] | None = None) -> None:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
   if args.device == "gpu" and jax.default_backend() != "gpu":
-    raise SystemExit(f"--device gpu, but jax's backend is {jax.default_backend()}.")
+    raise errors.UserError(
+      f"--device gpu, but jax's backend is {jax.default_backend()}: install jax's CUDA build "
+      "(pip install -e '.[gpu]') or pass --device cpu."
+    )
   if args.device == "gpu" and not torch.cuda.is_available():
-    raise SystemExit("--device gpu, but torch sees no CUDA device.")
+    raise errors.UserError(
+      "--device gpu, but torch sees no CUDA device: install a CUDA build of torch or pass "
+      "--device cpu."
+    )
   torch.set_num_threads(args.threads)
   torch.backends.cudnn.benchmark = True  # Fixed shapes: let cuDNN pick its fastest kernels.
-  sizes = [int(s) for s in args.sizes.split(",")]
+  sizes = parse_sizes(args.sizes)
   batch_sizes, steps_per_round = per_size(args.batch_size, sizes), per_size(args.steps, sizes)
   mesh = parallel.create_mesh()
   meta, results, start = bench_report.machine_info(args), [], time.perf_counter()
@@ -167,4 +220,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  cli.run_plain(main)

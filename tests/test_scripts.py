@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxresnet import network
+from jaxresnet import errors, network
 from jaxresnet.data import cifar10_jpeg
 from scripts import bench_compiled, bench_report, bench_timing, make_cifar10_jpeg
 
@@ -326,7 +326,7 @@ def test_compiled_peers_per_device_size_and_dtype(entry_points):
   autotune = bench_compiled.case_peers(224, "bfloat16", gpu)[1]
   assert (autotune.mode, autotune.kinds, autotune.cap_s) == ("max-autotune", ("train",), 180)
   assert bench_compiled.case_peers(224, "float32", benchmark.parse_args(["--compile-modes="])) == []
-  with pytest.raises(SystemExit):
+  with pytest.raises(errors.UserError, match="unknown mode"):  # An `error:` line, exit 2.
     benchmark.parse_args(["--compile-modes", "fast"])
 
 
