@@ -1,12 +1,13 @@
 """scripts/compare_torch.py and its modules: the harness end to end at toy scale, its statistics,
 its presets, and torch_reference's body-only weights.
 
-The end-to-end tests run both frameworks for real (torch_reference in a subprocess, jaxresnet in
-process) on a few real CIFAR-10 JPEGs, with a source trained here or a local checkpoint: no
-network. Their sizes are far too small to say anything about accuracy; they check that every
-number reaches the JSON, the table and the figure.
+The end-to-end test runs the cpu preset's smoke command at toy scale: both frameworks for real
+(torch_reference in a subprocess, jaxresnet in process) on a few real CIFAR-10 JPEGs, from a
+source trained here, no network. Its sizes are far too small to say anything about accuracy; it
+checks that every number reaches the JSON, the table and the figure.
 """
 
+import hashlib
 import json
 import math
 import time
@@ -58,27 +59,34 @@ def table_rows(markdown: str, header: str) -> dict[str, list[str]]:
   return rows
 
 
-def check_outputs(out, recipes: list[str], epochs: int) -> dict:
-  """What every comparison writes: both frameworks' epochs, the table from them, the PNG."""
+def check_outputs(out, recipes: list[str], epochs: int, seeds: int = 1) -> dict:
+  """What every comparison writes: both frameworks' epochs of every seed, the table from them
+  (intervals from 2 seeds on), the PNG."""
   results = json.loads((out / compare_report.RESULTS).read_text())
   for recipe in recipes:
     for framework in ("jaxresnet", "torch"):
-      (run,) = [r for r in results["runs"] if (r["recipe"], r["framework"]) == (recipe, framework)]
-      assert [e["epoch"] for e in run["epochs"]] == list(range(1, epochs + 1))
-      for epoch in run["epochs"]:
-        assert all(math.isfinite(epoch[k]) for k in ("train_loss", "test_loss"))
-        assert all(0 <= epoch[k] <= 1 for k in ("train_accuracy", "test_accuracy"))
-        assert epoch["train_seconds"] > 0
-      assert run["wall_seconds"] > sum(e["train_seconds"] for e in run["epochs"])
+      runs = [r for r in results["runs"] if (r["recipe"], r["framework"]) == (recipe, framework)]
+      assert [r["seed"] for r in runs] == list(range(seeds))
+      for run in runs:
+        assert [e["epoch"] for e in run["epochs"]] == list(range(1, epochs + 1))
+        for epoch in run["epochs"]:
+          assert all(math.isfinite(epoch[k]) for k in ("train_loss", "test_loss"))
+          assert all(0 <= epoch[k] <= 1 for k in ("train_accuracy", "test_accuracy"))
+          assert epoch["train_seconds"] > 0
+        assert run["wall_seconds"] > sum(e["train_seconds"] for e in run["epochs"])
       final = results["summary"]["recipes"][recipe]["final_test_accuracy"][framework]
-      assert final == [100 * run["epochs"][-1]["test_accuracy"]]
+      assert final == [100 * run["epochs"][-1]["test_accuracy"] for run in runs]
   rows = table_rows((out / compare_report.SUMMARY).read_text(), "| recipe | seeds |")
   assert list(rows) == recipes
   for recipe in recipes:
     finals = results["summary"]["recipes"][recipe]["final_test_accuracy"]
     means = [rows[recipe][i].split(" ± ")[0] for i in (2, 3)]  # jaxresnet, PyTorch.
     assert means == [f"{np.mean(finals[fw]):.2f}" for fw in ("jaxresnet", "torch")]
-    assert rows[recipe][5:] == ["n/a"] * 3  # One seed: no interval.
+    if seeds == 1:
+      assert rows[recipe][5:] == ["n/a"] * 3  # One seed: no interval.
+    else:  # Welch's 95% and 90% intervals of the difference, and the TOST verdict.
+      assert all(cell.startswith("[") for cell in rows[recipe][5:7]), rows[recipe]
+      assert rows[recipe][7] != "n/a", rows[recipe]
   meta = results["meta"]
   assert meta["git_commit"] and meta["cpu"] and meta["torch"] == torch.__version__
   with Image.open(out / compare_report.CURVES) as image:
@@ -86,31 +94,42 @@ def check_outputs(out, recipes: list[str], epochs: int) -> dict:
   return results
 
 
-@pytest.mark.slow
-def test_paper_preset_end_to_end_with_a_local_checkpoint(tmp_path):
-  """The whole harness on the paper preset's path, a local resnet18 (its 1000-class fc dropped)
-  for ImageNet's, then both frameworks (the SGD recipe; the others differ by their config, the
-  transfer table is tested below)."""
+def test_paper_preset_takes_a_local_checkpoint_as_its_source(tmp_path):
+  """The paper preset's source path with a local resnet18 file in place of ImageNet's weights:
+  its 1000-class fc dropped, named by path and sha256, written once to the cache. (The runs after
+  the source are the cpu preset's, tested end to end below.)"""
   torch.manual_seed(0)
-  torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "toy.pt")
-  changes = {"source": tmp_path / "toy.pt", "classes": "dog,frog", "image_size": 32}
-  compare_torch.main([*toy_argv("paper", tmp_path, **changes), "--recipes", "sgd"])
-  results = check_outputs(tmp_path / "out", ["sgd"], epochs=2)
-  assert results["source"]["origin"] == str(tmp_path / "toy.pt")
+  full = torchvision.models.resnet18().state_dict()
+  torch.save(full, tmp_path / "toy.pt")
+  preset = compare_presets.resolve("paper", [f"source={tmp_path / 'toy.pt'}"])
+  body_file, source = compare_source.source_body(preset, tmp_path / "cache")
+  assert source["origin"] == str(tmp_path / "toy.pt")
+  assert source["sha256"] == hashlib.sha256((tmp_path / "toy.pt").read_bytes()).hexdigest()
+  body = torch.load(body_file, weights_only=True)
+  assert sorted(body) == sorted(k for k in full if not k.startswith("fc."))
+  assert all(torch.equal(body[k], full[k]) for k in body)
+  written = body_file.stat().st_mtime_ns
+  assert compare_source.source_body(preset, tmp_path / "cache")[0] == body_file
+  assert body_file.stat().st_mtime_ns == written
+
+
+@pytest.mark.slow
+def test_cpu_preset_smoke_run_end_to_end(tmp_path):
+  """The README's smoke run, `--preset cpu --set seeds=2 --recipes sgd`, at toy scale: the source
+  trained here in PyTorch on the source classes (then cached), two seeds of both frameworks
+  through `compare_torch.main`, the table with its intervals. It breaks if the training API the
+  harness calls changes."""
+  compare_torch.main([*toy_argv("cpu", tmp_path, seeds=2), "--recipes", "sgd"])
+  results = check_outputs(tmp_path / "out", ["sgd"], epochs=2, seeds=2)
   assert results["preset"]["recipes"] == [
     {"name": "sgd", "optimizer": "sgd", "pretrained": True, "epochs": 0, "seeds": 0}
   ]
   assert results["summary"]["transfer"] == {}  # No scratch twin ran.
-
-
-@pytest.mark.slow
-def test_cpu_preset_trains_its_source_once(tmp_path):
-  """The cpu preset's source: trained here in PyTorch on the source classes, then cached."""
-  preset = compare_presets.resolve("cpu", [f"{k}={v}" for k, v in TOY.items()])
-  body_file, source = compare_source.source_body(preset, tmp_path / "cache")
+  source = results["source"]
   assert not source["cached"] and len(source["history"]) == 1 and source["wall_seconds"] > 0
-  again_file, again = compare_source.source_body(preset, tmp_path / "cache")
-  assert again["cached"] and again["history"] == source["history"] and again_file == body_file
+  preset = compare_presets.resolve("cpu", [f"{k}={v}" for k, v in (TOY | {"seeds": 2}).items()])
+  body_file, again = compare_source.source_body(preset, tmp_path / "cache")
+  assert again["cached"] and again["history"] == source["history"]
   body = torch.load(body_file, weights_only=True)
   assert not any(k.startswith("fc.") for k in body) and "layer4.1.bn2.weight" in body
 
