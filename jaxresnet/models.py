@@ -42,8 +42,8 @@ class Conv(nn.Module):
 
   `groups` splits the channels as torch's `groups` (ResNeXt's 3x3): the kernel is
   (kh, kw, in / groups, features), and output channel o sees input group o // (features / groups).
-  The arithmetic is `jaxresnet/conv.py`'s, in the forms XLA:CPU runs fastest: a matmul over
-  windows where the input is smaller than the kernel, and a matmul weight gradient elsewhere.
+  The arithmetic is `jaxresnet/conv.py`'s, in the form XLA:CPU runs fastest: a matmul over
+  windows where the input or output is smaller than the kernel, XLA's convolution elsewhere.
   """
 
   features: int
@@ -61,9 +61,7 @@ class Conv(nn.Module):
     shape = (kh, kw, x.shape[-1] // self.groups, self.features)
     kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    small = x.shape[1] < kh or x.shape[2] < kw
-    compute = conv.small_input if small else conv.convolution
-    return compute(x, kernel, self.strides, self.padding, self.groups)
+    return conv.convolution(x, kernel, self.strides, self.padding, self.groups)
 
 
 class BatchNorm(nn.Module):

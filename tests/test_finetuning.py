@@ -1,8 +1,8 @@
 """The fine-tuning controls: `freeze`, `batchnorm`, `backbone_lr_multiplier`, and weight decay
 without BatchNorm and biases (README, "Fine-tuning").
 
-- Frozen parts get no backward pass: the compiled step holds no gradient convolution or
-  weight-gradient matmul for them (counted in its StableHLO), not just zeroed updates.
+- Frozen parts get no backward pass: the compiled step holds no input- or weight-gradient
+  convolution for them (counted in its StableHLO), not just zeroed updates.
 - Frozen parameters and BatchNorm statistics are bit-identical after training steps; the rest
   moves.
 - The param groups equal torch.optim's param groups in float64 (<= 1e-10 relative per tensor),
@@ -41,13 +41,13 @@ def train_state(config: ml_collections.ConfigDict, arch: str = ARCH, dtype=jnp.f
 @pytest.mark.parametrize(
   "freeze, convolutions, matmuls",
   [
-    # ResNet-18 has 20 convolutions; on the CPU their weight gradients are matmuls (conv.py), as
-    # are the head's forward, input and weight gradients. Training all: 20 forward and 19 input
-    # gradient convolutions (not the image's); 20 weight-gradient matmuls and the head's 3.
-    ("none", 39, 23),
+    # ResNet-18 has 20 convolutions; the head's forward, input and weight gradients are matmuls.
+    # Training all: 20 forward, 19 input-gradient (not the image's) and 20 weight-gradient
+    # convolutions, and the head's 3 matmuls.
+    ("none", 59, 3),
     # Through layer2: 8 input gradients (not those reading layer2's output, layer3.0.conv1 and
-    # layer3.0.downsample.0); weight gradients for the 10 of layer3 and layer4.
-    ("layer2", 28, 13),
+    # layer3.0.downsample.0) and the weight gradients of the 10 of layer3 and layer4.
+    ("layer2", 38, 3),
     # A linear probe: the forward pass only, and the head's forward and weight gradient.
     ("head_only", 20, 2),
   ],
@@ -55,9 +55,9 @@ def train_state(config: ml_collections.ConfigDict, arch: str = ARCH, dtype=jnp.f
 def test_frozen_parts_get_no_backward_pass(freeze, convolutions, matmuls):
   config = finetune_config(freeze=freeze)
   state = jax.eval_shape(lambda: train_state(config))
-  # Every 3x3 as a convolution (no small-input path), and every weight gradient a matmul (layer4
-  # at 28x28, conv.py's threshold). Lowered only: nothing runs.
-  images = jax.ShapeDtypeStruct((2, 896, 896, 3), jnp.float32)
+  # At 224 every 3x3 is a convolution (no matmul over windows: layer4 is 7x7). Lowered only:
+  # nothing runs.
+  images = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
   labels = jax.ShapeDtypeStruct((2,), jnp.int32)
   hlo = jax.jit(steps.update).lower(state, images, labels).as_text()
   assert hlo.count("stablehlo.convolution") == convolutions
