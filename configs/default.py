@@ -85,4 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.checkpoint_every_steps = 0  # 0: only at the end of each epoch.
   config.keep_checkpoints = 3
+
+  # Hardware. CPU only: the train and evaluate programs split the CPU into this many devices that
+  # each run a share of every batch (jaxresnet/parallel.py); 0 picks by image and batch size (one
+  # per core where that pays), 1 keeps one device. Changes rounding only, not results.
+  config.cpu_devices = 0
   return config

@@ -75,6 +75,10 @@ def main(argv: list[str]) -> None:
     )
   cli.quiet_libraries()
   workdir = pathlib.Path(cli.FLAGS.workdir)
+  config = workdir_lib.load_config(workdir)
+  requested = config.get("cpu_devices", 0)  # Runs from before the field: 0.
+  count = parallel.cpu_device_count(requested, config.image_size, [config.eval_batch_size])
+  parallel.split_cpu(count)
   dataset = cli.FLAGS.dataset
   result = evaluate_checkpoint(workdir, cli.FLAGS.checkpoint, cli.FLAGS.split, dataset)
   confusion = result["confusion_matrix"]

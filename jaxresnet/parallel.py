@@ -5,9 +5,15 @@ is itself implemented with jit + shard_map): the batch is sharded on the mesh's 
 parameters and optimizer state are replicated, and XLA inserts the collectives. BatchNorm's
 mean and variance are means over the *global* batch, so results do not depend on the device
 count.
+
+On a CPU the same mesh is a speed-up: XLA:CPU runs one device's program one operation after
+another and keeps only ~1.5 of 2 cores busy; split into one device per core (`split_cpu`), each
+core runs its share of the batch (docs/performance.md).
 """
 
 import functools
+import os
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -20,9 +26,43 @@ from jaxresnet import errors, steps
 DATA_AXIS = "data"
 
 
-def create_mesh() -> Mesh:
-  """A 1-D mesh over all devices of all processes."""
-  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+# Pixels per device and step from which a device per core pays, measured with ResNet-18 on 2
+# cores (docs/performance.md): 2 devices ran faster from 64x64 at 32 images each, slower at
+# 32x32 with 32 each (there the replicated optimizer update and the all-reduces dominate).
+_CPU_PIXELS_PER_DEVICE = 64 * 64 * 32
+
+
+def cpu_device_count(requested: int, image_size: int, batch_sizes: Sequence[int]) -> int:
+  """`requested`, or for 0 the most devices, up to one per core, that divide every batch size
+  and leave each device at least `_CPU_PIXELS_PER_DEVICE` pixels per step."""
+  if requested < 0:
+    raise errors.UserError(f"config.cpu_devices must be >= 0 (0: by size), got {requested}.")
+  if requested:
+    return requested
+  for count in range(len(os.sched_getaffinity(0)), 1, -1):
+    if all(b % count == 0 and b // count * image_size**2 >= _CPU_PIXELS_PER_DEVICE
+           for b in batch_sizes):  # fmt: skip
+      return count
+  return 1
+
+
+def split_cpu(count: int) -> None:
+  """Makes XLA's CPU backend `count` devices (GPUs and TPUs are untouched). Kept as they are: a
+  device count the user set (XLA_FLAGS' xla_force_host_platform_device_count or
+  JAX_NUM_CPU_DEVICES), and the devices of a backend already started (JAX refuses to change
+  them: a program that ran JAX before calling `train_and_evaluate`)."""
+  user_set = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+  if count == 1 or user_set or "JAX_NUM_CPU_DEVICES" in os.environ:
+    return
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError:  # "should be updated before backends are initialized".
+    pass
+
+
+def create_mesh(count: int | None = None) -> Mesh:
+  """A 1-D mesh over all devices of all processes (or the first `count`: one process)."""
+  return Mesh(np.asarray(jax.devices()[:count]), (DATA_AXIS,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -369,8 +369,11 @@ def main(argv: list[str]) -> None:
       f"Unexpected arguments {argv[1:]}: train takes flags only, e.g. --config.num_epochs=3."
     )
   cli.quiet_libraries()
+  config = cli.FLAGS.config
+  batch_sizes = (config.batch_size, config.eval_batch_size)
+  parallel.split_cpu(parallel.cpu_device_count(config.cpu_devices, config.image_size, batch_sizes))
   distributed.initialize_from_flags()
-  train_and_evaluate(cli.FLAGS.config, cli.FLAGS.workdir, cli.FLAGS.allow_config_change)
+  train_and_evaluate(config, cli.FLAGS.workdir, cli.FLAGS.allow_config_change)
 
 
 if __name__ == "__main__":

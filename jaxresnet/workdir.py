@@ -57,7 +57,7 @@ def load_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
 # fields added later are protected by default.
 OPERATIONAL_FIELDS = frozenset({"log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
                                 "eval_batch_size", "prefetch_batches", "data_dir",
-                                "weights_cache_dir"})  # fmt: skip
+                                "weights_cache_dir", "cpu_devices"})  # fmt: skip
 
 
 def config_changes(

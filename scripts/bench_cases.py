@@ -218,12 +218,15 @@ def run_case(
   batch_size: int,
   steps_per_round: int,
   device: str,
-  mesh: Mesh,
   folder: pathlib.Path | None,
   args: argparse.Namespace,
 ) -> list[dict]:
-  """Every framework's train/eval rates at one (size, dtype, batch size), interleaved."""
+  """Every framework's train/eval rates at one (size, dtype, batch size), interleaved; on a CPU,
+  jaxresnet splits it into the devices `jaxresnet.train` would (`parallel.cpu_device_count`)."""
   config = make_config(size, dtype, batch_size)
+  if device == "cpu":
+    config.cpu_devices = parallel.cpu_device_count(0, size, [batch_size])
+  mesh = parallel.create_mesh(config.cpu_devices if device == "cpu" else None)
   torch_device = "cuda" if device == "gpu" else "cpu"
   jax_rs, jax_extra = jax_runners(config, mesh)
   built = {"jaxresnet": (jax_rs, jax_extra)}

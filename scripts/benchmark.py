@@ -183,6 +183,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  if args.device == "cpu":  # As many devices as a case's mesh may take (parallel.split_cpu).
+    parallel.split_cpu(len(os.sched_getaffinity(0)))
   if args.device == "gpu" and jax.default_backend() != "gpu":
     raise errors.UserError(
       f"--device gpu, but jax's backend is {jax.default_backend()}: install jax's CUDA build "
@@ -197,7 +199,6 @@ def main(argv: list[str] | None = None) -> None:
   torch.backends.cudnn.benchmark = True  # Fixed shapes: let cuDNN pick its fastest kernels.
   sizes = parse_sizes(args.sizes)
   batch_sizes, steps_per_round = per_size(args.batch_size, sizes), per_size(args.steps, sizes)
-  mesh = parallel.create_mesh()
   meta, results, start = bench_report.machine_info(args), [], time.perf_counter()
   meta["torch_compile"] = bench_compiled.describe(args)
   with tempfile.TemporaryDirectory() as tmp, bench_compiled.fresh_caches(tmp):
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
           continue
         bs, n = batch_sizes[size], steps_per_round[size]
         print(f"== {size}x{size} {dtype} batch {bs}", flush=True)
-        results += bench_cases.run_case(size, dtype, bs, n, args.device, mesh, folder, args)
+        results += bench_cases.run_case(size, dtype, bs, n, args.device, folder, args)
         meta["loadavg_end"], meta["wall_s"] = os.getloadavg(), time.perf_counter() - start
         table = bench_report.format_table(results, meta)
         bench_report.write_json(args.json, meta, results, bench_report.case_ratios(results))

@@ -45,6 +45,7 @@ CASES = [
   ("train-config-syntax", [*TRAIN[:2], f"{W}/syntax.py", *TRAIN[3:]], "line 1: SyntaxError"),
   ("train-config-raises", [*TRAIN[:2], f"{W}/raises.py", *TRAIN[3:]], "line 2: NameError"),
   ("train-config-value", [*TRAIN, "--config.optimizer=rmsprop"], "'rmsprop'"),
+  ("train-cpu-devices", [*TRAIN, "--config.cpu_devices=-2"], "config.cpu_devices must be >= 0"),
   ("train-no-image-folder", [*TRAIN, f"--config.dataset=imagefolder:{W}/nope"], f"{W}/nope"),
   ("train-positional", [*TRAIN, "extra"], "['extra']"),
   ("evaluate-unknown-flag", [*EVALUATE, "--workdir", MOCK, "--bogus"], "'bogus'"),
