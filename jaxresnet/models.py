@@ -4,7 +4,7 @@ The whole family of `torchvision.models.resnet`: ResNet-18/34/50/101/152, ResNeX
 Wide ResNet-50/101, each a depth/width `functools.partial` of the one `ResNet` (see `MODELS`).
 
 Layer for layer as torchvision, in NHWC: explicit torch padding (Flax's 'SAME' would pad the
-stride-2 7x7 stem as (2, 3) instead of (3, 3)), a max pool padded with -inf, a projection
+stride-2 7x7 stem as (2, 3) instead of (3, 3)), torch's max pool (`pooling.py`), a projection
 shortcut only where the shape changes, and torch's BatchNorm (see `BatchNorm`). Submodules are
 named after torchvision's (`conv1`, `bn1`, `layer1`.., `0`, `downsample`, `fc`), so a
 torchvision state-dict key and a Flax variable path are the same words.
@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxresnet import conv
+from jaxresnet import conv, pooling
 
 Dtype = Any
 ModuleDef = Callable[..., nn.Module]
@@ -226,7 +226,7 @@ class ResNet(nn.Module):
 
     x = conv(64, (7, 7), 2, padding=3, name="conv1")(x.astype(self.dtype))
     x = nn.relu(norm(name="bn1")(x, train and "stem" not in frozen))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # Pads with -inf.
+    x = pooling.max_pool(x, 3, 2, 1)
     x = stage_output("stem", x)
     self.sow("intermediates", "stem", x)
     for i, num_blocks in enumerate(self.stage_sizes):
