@@ -166,6 +166,40 @@ def test_small_inputs_are_exact_in_float64(arch, train, tmp_path):
   assert sizes == [(4, 4), (2, 2), (1, 1)]  # layer3.0's 3x3 maps 4x4 to 2x2; then <= 2x2.
 
 
+@pytest.mark.parametrize("strides", [1, 2])
+def test_pointwise_conv_equals_torch_conv2d_in_float64(strides):
+  """A 1x1 models.Conv is a matmul over the stride's pixels (conv.py): output and both
+  gradients equal torch's conv2d and its autograd, on an odd side (7: 4 outputs at stride 2)."""
+  rng = np.random.default_rng(0)
+  images, weight = rng.standard_normal((2, 7, 7, 8)), rng.standard_normal((12, 8, 1, 1))
+  torch_images = torch.from_numpy(images).permute(0, 3, 1, 2).requires_grad_()
+  torch_weight = torch.from_numpy(weight).requires_grad_()
+  expected = torch.nn.functional.conv2d(torch_images, torch_weight, stride=strides)
+  cotangent = rng.standard_normal(expected.shape)  # NCHW.
+  expected.backward(torch.from_numpy(cotangent))
+  with jax.enable_x64(True):
+    conv = models.Conv(12, (1, 1), strides, dtype=jnp.float64, param_dtype=jnp.float64)
+    kernel = layout.to_flax(("params", "conv", "kernel"), weight)
+
+    def apply(kernel, images):
+      return conv.apply({"params": {"kernel": kernel}}, images)
+
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda *a: apply(*a).sum(), (0, 1)))(kernel, images))
+    assert "conv_general_dilated" not in jaxpr
+    actual, vjp = jax.vjp(apply, kernel, images)
+    d_kernel, d_images = (np.asarray(d) for d in vjp(np.transpose(cotangent, (0, 2, 3, 1))))
+    actual = np.asarray(actual)
+  assert torch_utils.relative_error(actual, expected.detach().permute(0, 2, 3, 1).numpy()) <= 1e-14
+  assert (
+    torch_utils.relative_error(
+      layout.to_torch(("params", "conv", "kernel"), d_kernel), torch_weight.grad.numpy()
+    )
+    <= 1e-13
+  )
+  d_images = np.transpose(d_images, (0, 3, 1, 2))
+  assert torch_utils.relative_error(d_images, torch_images.grad.numpy()) <= 1e-13
+
+
 @pytest.mark.parametrize("size", [56, 4, 2])
 @pytest.mark.parametrize("strides", [1, 2])
 def test_grouped_conv_equals_torch_conv2d_in_float64(size, strides):
