@@ -19,8 +19,12 @@ def test_train_steps_on_4_devices_match_1_device(dtype):
   float64 shows they compute the same function: the only difference is the order of the
   reductions (BatchNorm statistics and gradients summed per device, then across devices), worth
   ~1e-16 per operation. float32: the same reordering, amplified by the backward pass through
-  BatchNorm over 8 examples, measured at <= 2e-4 of each tensor's update; float32 itself is off
-  from float64 by up to 2e-3 of the update on one device, so 1e-3 is within float32's own error.
+  BatchNorm over 8 examples. float32 itself is off from float64 by up to 2.1e-3 of a tensor's
+  update, on 1 device and on 4 alike (measured in one x64 process), so the two float32 runs may
+  differ by about twice that; measured 2e-4 to 4.8e-3 as the code's summation order changed
+  (4.8e-3 since pooling.max_pool's backward sums overlapping windows in its own order). Hence
+  1e-2, as the multi-process test: a data or gradient bug (a device reading another's slice,
+  gradients not summed across devices) moves a tensor by ~1 of its update.
   """
   env = dict(th.four_cpu_devices(), JAX_ENABLE_X64=str(int(dtype == "float64")))
   result = th.run([sys.executable, "-m", "tests.mesh_parity", dtype], env)
@@ -42,7 +46,7 @@ def test_train_steps_on_4_devices_match_1_device(dtype):
       assert t["diff"] <= 1e-10 * t["update"], (name, t)
   else:
     for name, t in tensors.items():
-      assert t["diff"] <= 1e-3 * t["update"], (name, t)
+      assert t["diff"] <= 1e-2 * t["update"], (name, t)
 
 
 @pytest.mark.parametrize(
