@@ -46,6 +46,9 @@ CASES = [
   ("train-config-raises", [*TRAIN[:2], f"{W}/raises.py", *TRAIN[3:]], "line 2: NameError"),
   ("train-config-value", [*TRAIN, "--config.optimizer=rmsprop"], "'rmsprop'"),
   ("train-cpu-devices", [*TRAIN, "--config.cpu_devices=-2"], "config.cpu_devices must be >= 0"),
+  # Split into 2 CPU devices before JAX starts: a batch of 7 does not divide over them.
+  ("train-cpu-devices-batch", [*TRAIN, "--config.cpu_devices=2", "--config.batch_size=7"],
+   "config.batch_size=7 is not divisible by the 2 devices"),
   ("train-no-image-folder", [*TRAIN, f"--config.dataset=imagefolder:{W}/nope"], f"{W}/nope"),
   ("train-positional", [*TRAIN, "extra"], "['extra']"),
   ("evaluate-unknown-flag", [*EVALUATE, "--workdir", MOCK, "--bogus"], "'bogus'"),
