@@ -53,31 +53,10 @@ def resnet18_convolutions(size: int) -> list[dict]:
   width = 64
   for stage in range(1, 5):
     out = 64 * 2 ** (stage - 1)
-    if stage > 1:
-      layers.append(
-        dict(
-          name=f"layer{stage}.0.conv1",
-          side=side,
-          cin=width,
-          cout=out,
-          k=3,
-          stride=2,
-          pad=1,
-          count=1,
-        )
-      )
-      layers.append(
-        dict(
-          name=f"layer{stage}.0.downsample",
-          side=side,
-          cin=width,
-          cout=out,
-          k=1,
-          stride=2,
-          pad=0,
-          count=1,
-        )
-      )
+    if stage > 1:  # The strided first 3x3 and the 1x1 downsample beside it.
+      for name, k, pad in (("conv1", 3, 1), ("downsample", 1, 0)):
+        layers.append(dict(name=f"layer{stage}.0.{name}", side=side, cin=width, cout=out, k=k,
+                           stride=2, pad=pad, count=1))  # fmt: skip
       side = (side + 2 - 3) // 2 + 1
     same = 4 if stage == 1 else 3  # 3x3 out->out convolutions at stride 1.
     layers.append(

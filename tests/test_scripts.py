@@ -412,3 +412,25 @@ def test_benchmark_times_the_compiled_peer_and_its_ratios(entry_points, tmp_path
   ) in table
   fastest_eval = ratios["jaxresnet_over_fastest_torch"]["eval"]
   assert f"{fastest_eval['ratio']:.2f} ({fastest_eval['framework']})" in table
+
+
+def test_bench_layers_times_every_convolution_in_both_frameworks(tmp_path):
+  """scripts.bench_layers at toy scale: every distinct convolution of ResNet-18 (11 at 32x32),
+  each piece in both frameworks (the stem has no input gradient), with a table row per layer."""
+  bench_layers = importlib.import_module("scripts.bench_layers")
+  out = {"json": tmp_path / "layers.json", "table": tmp_path / "layers.md"}
+  toy = ["--size", "32", "--batch-size", "2", "--repeats", "1", "--steps", "1", "--warmup", "0"]
+  bench_layers.main([*toy, "--json", str(out["json"]), "--table", str(out["table"])])
+  rows = json.loads(out["json"].read_text())["rows"]
+  assert [row["name"] for row in rows] == [
+    "conv1", "layer1 3x3", "layer2.0.conv1", "layer2.0.downsample", "layer2 3x3",
+    "layer3.0.conv1", "layer3.0.downsample", "layer3 3x3", "layer4.0.conv1",
+    "layer4.0.downsample", "layer4 3x3",
+  ]  # fmt: skip
+  for row in rows:
+    pieces = ["forward", "weight_grad"] + ([] if row["name"] == "conv1" else ["input_grad"])
+    for framework in ("jaxresnet", "torch_cl"):
+      for piece in pieces:
+        assert row[f"{framework}/{piece}"]["ms"] > 0, (row["name"], framework, piece)
+  table = out["table"].read_text()
+  assert all(f"| {row['name']} |" in table for row in rows) and "**all, wall ms**" in table
