@@ -236,12 +236,8 @@ def main(argv: list[str] | None = None) -> None:
   meta = bench_report.machine_info(args) | {"compiler_options": options or "none"}
   rows = measure(args, options)
   text = table(rows, meta, args)
-  for path, content in (
-    (args.json, json.dumps({"meta": meta, "rows": rows}, indent=1)),
-    (args.table, text),
-  ):
-    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(path).write_text(content)
+  bench_report.write_text(args.json, json.dumps({"meta": meta, "rows": rows}, indent=1))
+  bench_report.write_text(args.table, text)
   print(text, flush=True)
 
 

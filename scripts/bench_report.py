@@ -232,7 +232,8 @@ def format_table(results: list[dict], meta: dict) -> str:
   return "\n".join(lines)
 
 
-def _write(path: str | pathlib.Path, text: str) -> None:
+def write_text(path: str | pathlib.Path, text: str) -> None:
+  """`text` at `path`, its folder made if need be."""
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   pathlib.Path(path).write_text(text)
 
@@ -243,9 +244,9 @@ def write_json(
   """`{"meta": meta, "results": results}` at `path` (and "ratios", `case_ratios`' list, where
   given), its folder made if need be."""
   saved = {"meta": meta, "results": results} | ({"ratios": ratios} if ratios is not None else {})
-  _write(path, json.dumps(saved, indent=1, default=str))
+  write_text(path, json.dumps(saved, indent=1, default=str))
 
 
 def write_table(path: str | pathlib.Path, table: str) -> None:
   """The markdown table at `path`, its folder made if need be."""
-  _write(path, table + "\n")
+  write_text(path, table + "\n")
